@@ -13,6 +13,8 @@ from slimllm.config import ConfigError, PruneConfig
 from slimllm.io import load, save
 from slimllm.modeling import SlimLlamaConfig, SlimLlamaForCausalLM
 from slimllm.plan import PrunePlan
+from slimllm.prune import prune
+from slimllm.surgery import apply_plan
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,8 @@ __all__ = [
     "SlimLlamaConfig",
     "SlimLlamaForCausalLM",
     "__version__",
+    "apply_plan",
     "load",
+    "prune",
     "save",
 ]

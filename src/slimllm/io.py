@@ -200,6 +200,7 @@ def save(
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             plan.save(tmp)
+        report = report if report is not None else getattr(plan, "report", None)
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return output

@@ -61,6 +61,7 @@ class PrunePlan:
     layers: list[LayerPlan]
     config: dict = field(default_factory=dict)
     source: str | None = None
+    report: dict | None = field(default=None, repr=False)  # written as slimllm_report.json, not part of the plan
 
     def to_json(self) -> dict:
         return {

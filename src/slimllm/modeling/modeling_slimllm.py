@@ -99,16 +99,7 @@ class SlimLlamaAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
-        self.query_to_kv = list(shape["query_to_kv"])
-        self.num_heads = len(self.query_to_kv)
-        self.num_key_value_heads = max(self.query_to_kv) + 1
-        if sorted(set(self.query_to_kv)) != list(range(self.num_key_value_heads)):
-            raise ValueError(f"layer {layer_idx}: query_to_kv leaves a key/value head unused")
-        regular = _is_regular_grouping(self.query_to_kv)
-        # Uneven maps expand k/v to one head per query head; even ones use the stock grouping.
-        self.num_key_value_groups = regular if regular is not None else 1
-        self._expand_kv = regular is None
-        self._kv_index: dict[torch.device, torch.Tensor] = {}
+        self.set_head_map(shape["query_to_kv"])
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
@@ -120,6 +111,19 @@ class SlimLlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden, self.num_key_value_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=shape["o_proj_bias"])
+
+    def set_head_map(self, query_to_kv: list[int]) -> None:
+        """Declare which key/value head each query head reads (called again after pruning)."""
+        self.query_to_kv = [int(kv) for kv in query_to_kv]
+        self.num_heads = len(self.query_to_kv)
+        self.num_key_value_heads = max(self.query_to_kv) + 1
+        if sorted(set(self.query_to_kv)) != list(range(self.num_key_value_heads)):
+            raise ValueError(f"layer {self.layer_idx}: query_to_kv {self.query_to_kv} leaves a key/value head unused")
+        regular = _is_regular_grouping(self.query_to_kv)
+        # Uneven maps expand k/v to one head per query head; even ones use the stock grouping.
+        self.num_key_value_groups = regular if regular is not None else 1
+        self._expand_kv = regular is None
+        self._kv_index: dict[torch.device, torch.Tensor] = {}
 
     def _expand(self, states: torch.Tensor) -> torch.Tensor:
         index = self._kv_index.get(states.device)
@@ -191,6 +195,15 @@ class SlimLlamaDecoderLayer(GradientCheckpointingLayer):
         self.mlp = SlimLlamaMLP(config, layer_idx)
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def shape_record(self) -> dict:
+        """This layer's entry for ``config.layer_shapes``, read off its modules."""
+        return {
+            "query_to_kv": list(self.self_attn.query_to_kv),
+            "intermediate_size": self.mlp.down_proj.in_features,
+            "o_proj_bias": self.self_attn.o_proj.bias is not None,
+            "down_proj_bias": self.mlp.down_proj.bias is not None,
+        }
 
     def forward(
         self,

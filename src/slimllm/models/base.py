@@ -108,6 +108,27 @@ class ModelAdapter:
     def mlp(self, layer: nn.Module) -> MlpParts:
         return MlpParts(layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
 
+    def set_attention(self, layer: nn.Module, *, query_to_kv: list[int] | None = None, **projections) -> None:
+        """Install new q/k/v/o projections (any subset) and, with them, a new query->kv map."""
+        attn = layer.self_attn
+        for name, module in projections.items():
+            if name not in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                raise KeyError(name)
+            setattr(attn, name, module)
+        if query_to_kv is not None:
+            attn.set_head_map(query_to_kv)
+
+    def set_mlp(self, layer: nn.Module, **projections) -> None:
+        for name, module in projections.items():
+            if name not in ("gate_proj", "up_proj", "down_proj"):
+                raise KeyError(name)
+            setattr(layer.mlp, name, module)
+        layer.mlp.intermediate_size = layer.mlp.down_proj.in_features
+
+    def sync_config(self, model: SlimLlamaForCausalLM) -> None:
+        """Write each layer's current shape into ``config.layer_shapes`` (what save relies on)."""
+        model.config.layer_shapes = [layer.shape_record() for layer in self.layers(model)]
+
     def attention_module(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 

@@ -1,0 +1,184 @@
+"""Layer-wise pruning ratios (method.md §6) and the solver that hits a parameter target.
+
+Eq. 11: for the L_p layers with the highest input/output cosine c_l,
+    r_l = r_0 · L_p · exp(α c_l) / Σ_{k∈S} exp(α c_k),
+capped at ``max_layer_ratio``. The paper hand-picks r_0; we solve for it so that the parameter
+count *after rounding* to whole heads and channels meets the target, then move single channels
+to close the last gap (a channel is the finest unit, far smaller than a head).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+# The paper's LLaMA-7B settings: (target, share of layers pruned, alpha).
+_PAPER_SETTINGS = ((0.2, 26 / 32, 10.0), (0.5, 30 / 32, 7.0))
+
+
+class AllocationError(ValueError):
+    """The target cannot be reached under the given constraints."""
+
+
+def _interpolate(ratio: float, index: int) -> float:
+    (r_lo, *lo), (r_hi, *hi) = _PAPER_SETTINGS
+    t = min(1.0, max(0.0, (ratio - r_lo) / (r_hi - r_lo)))
+    return lo[index] + t * (hi[index] - lo[index])
+
+
+def default_pruned_layers(ratio: float, num_layers: int) -> int:
+    """L_p: the paper's share of layers (26/32 at 20%, 30/32 at 50%), interpolated and scaled."""
+    return max(1, min(num_layers, round(_interpolate(ratio, 0) * num_layers)))
+
+
+def default_alpha(ratio: float) -> float:
+    """α: 10 at ≤20%, 7 at ≥50%, linear in between."""
+    return _interpolate(ratio, 1)
+
+
+@dataclass(frozen=True)
+class LayerCosts:
+    """What pruning costs and saves in one layer, in parameters."""
+
+    num_units: int  # prunable attention units (query heads, or key/value groups)
+    unit_params: float  # parameters removed per unit (mean over units)
+    width: int  # FFN channels
+    channel_params: int  # parameters removed per channel
+    attn_bias_added: int  # parameters the regression adds when the attention is pruned
+    mlp_bias_added: int  # likewise for the FFN
+
+
+@dataclass
+class Allocation:
+    selected: list[int]
+    ratios: list[float]
+    units_to_prune: list[int]
+    channels_to_prune: list[int]
+    r0: float
+    pruned_layers: int
+    alpha: float
+    target_removed: int
+    planned_removed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def eq11_weights(cosines: list[float], selected: list[int], alpha: float) -> dict[int, float]:
+    """L_p · softmax(α c) over the selected layers: multiply by r_0 to get r_l."""
+    values = torch.tensor([cosines[i] for i in selected], dtype=torch.float64)
+    weights = len(selected) * torch.softmax(alpha * values, dim=0)
+    return dict(zip(selected, weights.tolist(), strict=True))
+
+
+def _round_channels(ratio: float, width: int, round_to: int) -> int:
+    keep = width - round(ratio * width)
+    if round_to > 1:
+        keep = max(round_to, round_to * round(keep / round_to)) if width >= round_to else keep
+    return min(width - 1, max(0, width - keep))
+
+
+def _counts(ratio: float, costs: LayerCosts, round_to: int) -> tuple[int, int]:
+    units = min(costs.num_units - 1, max(0, round(ratio * costs.num_units)))
+    return units, _round_channels(ratio, costs.width, round_to)
+
+
+def removed_params(costs: LayerCosts, units: int, channels: int, regression: bool) -> float:
+    removed = units * costs.unit_params + channels * costs.channel_params
+    if regression:
+        removed -= costs.attn_bias_added if units else 0
+        removed -= costs.mlp_bias_added if channels else 0
+    return removed
+
+
+def allocate(
+    cosines: list[float],
+    costs: list[LayerCosts],
+    total_params: int,
+    *,
+    ratio: float,
+    pruned_layers: int | None = None,
+    alpha: float | None = None,
+    max_layer_ratio: float = 0.9,
+    uniform: bool = False,
+    regression: bool = True,
+    round_to: int = 1,
+) -> Allocation:
+    """Per-layer ratios and head/channel counts whose rounded total removes ``ratio`` of all
+    parameters (to within one channel's parameters where rounding allows)."""
+    num_layers = len(costs)
+    if uniform:
+        selected, alpha_used = list(range(num_layers)), 0.0
+    else:
+        count = pruned_layers if pruned_layers is not None else default_pruned_layers(ratio, num_layers)
+        if not 1 <= count <= num_layers:
+            raise AllocationError(f"layers (L_p) must lie in [1, {num_layers}], got {count}")
+        alpha_used = default_alpha(ratio) if alpha is None else alpha
+        selected = sorted(sorted(range(num_layers), key=lambda i: (-cosines[i], i))[:count])
+    weights = eq11_weights(cosines, selected, alpha_used)
+    target = ratio * total_params
+
+    def plan(r0: float) -> tuple[dict[int, float], dict[int, tuple[int, int]], float]:
+        ratios = {i: min(max_layer_ratio, r0 * weights[i]) for i in selected}
+        counts = {i: _counts(ratios[i], costs[i], round_to) for i in selected}
+        removed = sum(removed_params(costs[i], *counts[i], regression) for i in selected)
+        return ratios, counts, removed
+
+    hi = max_layer_ratio / min(weights.values())
+    if plan(hi)[2] < target:
+        raise AllocationError(
+            f"cannot remove {ratio:.1%} of the parameters by pruning {len(selected)} layers at most "
+            f"{max_layer_ratio:.0%} each (at most {plan(hi)[2] / total_params:.1%}); "
+            "raise --layers or --max-layer-ratio, or lower --ratio"
+        )
+    lo = 0.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if plan(mid)[2] >= target:
+            hi = mid
+        else:
+            lo = mid
+    r0 = min((lo, hi), key=lambda r: abs(plan(r)[2] - target))
+    ratios, counts, removed = plan(r0)
+    channels = {i: counts[i][1] for i in selected}
+    if round_to == 1:
+        channels = _close_gap(target - removed, channels, ratios, costs, max_layer_ratio)
+    units = {i: counts[i][0] for i in selected}
+    planned = sum(removed_params(costs[i], units[i], channels[i], regression) for i in selected)
+    return Allocation(
+        selected=selected,
+        ratios=[ratios.get(i, 0.0) for i in range(num_layers)],
+        units_to_prune=[units.get(i, 0) for i in range(num_layers)],
+        channels_to_prune=[channels.get(i, 0) for i in range(num_layers)],
+        r0=r0,
+        pruned_layers=len(selected),
+        alpha=alpha_used,
+        target_removed=round(target),
+        planned_removed=round(planned),
+    )
+
+
+def _close_gap(
+    gap: float, channels: dict[int, int], ratios: dict[int, float], costs: list[LayerCosts], cap: float
+) -> dict[int, int]:
+    """Prune (gap > 0) or restore (gap < 0) single channels, spread over the layers with the
+    highest ratios first, until the gap is under one channel."""
+    channels = dict(channels)
+    order = sorted(channels, key=lambda i: (-ratios[i], i))
+    step = 1 if gap > 0 else -1
+    for _ in range(sum(c.width for c in costs)):
+        moved = False
+        for i in order:
+            per_channel = costs[i].channel_params
+            if abs(gap) < per_channel / 2:
+                return channels
+            new = channels[i] + step
+            if 0 <= new <= math.floor(cap * costs[i].width) and new < costs[i].width:
+                channels[i] = new
+                gap -= step * per_channel
+                moved = True
+        if not moved:
+            break
+    return channels

@@ -1,0 +1,372 @@
+"""``prune(model, tokenizer, config) -> (pruned model, plan)``: the whole SlimLLM pipeline.
+
+text → token windows → layer-0 inputs → dense layer cosines → per-layer ratios → for each layer
+in order: attention statistics → kept heads → surgery + regression → FFN statistics → kept
+channels → surgery + regression → the pruned layer's outputs feed the next layer.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from slimllm.allocation import Allocation, LayerCosts, allocate, removed_params
+from slimllm.calibrate import (
+    LayerBatch,
+    StopForward,
+    capture_layer_inputs,
+    hooks,
+    on_device,
+    run_layer,
+    token_cosine,
+)
+from slimllm.config import PruneConfig
+from slimllm.data.sources import calibration_windows
+from slimllm.importance import AttentionStats, MlpStats
+from slimllm.io import resolve_dtype
+from slimllm.methods import Method, build_method, paired_output_hook
+from slimllm.modeling import SlimLlamaForCausalLM
+from slimllm.models import adapter_for
+from slimllm.models.base import ModelAdapter
+from slimllm.plan import LayerPlan, PrunePlan
+from slimllm.stats import Moments, PairedColumnMoments
+from slimllm.surgery import prune_channels, prune_heads, recover_attention, recover_mlp
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once), as the paper counts."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def attention_units(query_to_kv: list[int], gqa: str) -> list[list[int]]:
+    """Prunable units: single query heads, or the query heads sharing each key/value head."""
+    if gqa == "query":
+        return [[h] for h in range(len(query_to_kv))]
+    return [[h for h, kv in enumerate(query_to_kv) if kv == g] for g in range(max(query_to_kv) + 1)]
+
+
+def layer_costs(model: SlimLlamaForCausalLM, adapter: ModelAdapter, gqa: str) -> list[LayerCosts]:
+    costs = []
+    for layer in adapter.layers(model):
+        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+        d, dh = attn.o_proj.out_features, attn.head_dim
+        q_bias = dh if attn.q_proj.bias is not None else 0
+        per_query_head = 2 * dh * d + q_bias
+        units = attention_units(attn.query_to_kv, gqa)
+        if gqa == "query":
+            unit_params = float(per_query_head)
+        else:
+            kv_params = 2 * (dh * d + (dh if attn.k_proj.bias is not None else 0))
+            unit_params = sum(len(u) for u in units) / len(units) * per_query_head + kv_params
+        gate_bias = 2 if mlp.gate_proj.bias is not None else 0
+        costs.append(
+            LayerCosts(
+                num_units=len(units),
+                unit_params=unit_params,
+                width=mlp.width,
+                channel_params=3 * d + gate_bias,
+                attn_bias_added=d if attn.o_proj.bias is None else 0,
+                mlp_bias_added=d if mlp.down_proj.bias is None else 0,
+            )
+        )
+    return costs
+
+
+@torch.no_grad()
+def collect_attention_stats(adapter, layer, batches, units, device) -> AttentionStats:
+    parts = adapter.attention(layer)
+    moments = Moments(parts.o_proj.in_features, device, where=f"o_proj input of layer {layer.self_attn.layer_idx}")
+
+    def grab(_module, args):
+        moments.update(args[0])
+        raise StopForward
+
+    with hooks(lambda: parts.o_proj.register_forward_pre_hook(grab)):
+        run_layer(layer, batches, keep_outputs=False)
+    return AttentionStats(moments, parts, units)
+
+
+@torch.no_grad()
+def collect_mlp_stats(adapter, layer, batches, device) -> MlpStats:
+    parts = adapter.mlp(layer)
+    mlp_module = adapter.mlp_module(layer)
+    where = f"FFN of layer {layer.self_attn.layer_idx}"
+    d = parts.down_proj.out_features
+    inputs = Moments(d, device, full=False, where=where)
+    hidden = Moments(parts.width, device, full=False, where=where)
+    output = Moments(d, device, where=where)
+
+    def grab_input(_module, args):
+        inputs.update(args[0])
+
+    def grab_hidden(_module, args):
+        hidden.update(args[0])
+
+    def grab_output(_module, _args, out):
+        output.update(out)
+        raise StopForward
+
+    with hooks(
+        lambda: mlp_module.register_forward_pre_hook(grab_input),
+        lambda: parts.down_proj.register_forward_pre_hook(grab_hidden),
+        lambda: parts.down_proj.register_forward_hook(grab_output),
+    ):
+        run_layer(layer, batches, keep_outputs=False)
+    return MlpStats(inputs, hidden, output, parts)
+
+
+@torch.no_grad()
+def collect_paired_outputs(adapter, layer, batches, kept, device) -> PairedColumnMoments:
+    down = adapter.mlp(layer).down_proj
+    moments = PairedColumnMoments(down.out_features, device, where=f"FFN output of layer {layer.self_attn.layer_idx}")
+    stream = paired_output_hook(down, kept, moments)
+
+    def grab(module, args):
+        stream(module, args)
+        raise StopForward
+
+    with hooks(lambda: down.register_forward_pre_hook(grab)):
+        run_layer(layer, batches, keep_outputs=False)
+    return moments
+
+
+def _resolve_device(config: PruneConfig, model: torch.nn.Module) -> torch.device:
+    if config.device:
+        return torch.device(config.device)
+    return next(model.parameters()).device
+
+
+class _LayerPruner:
+    """Prunes one layer at a time, keeping the running parameter budget on target."""
+
+    def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
+        self.adapter, self.method, self.config = adapter, method, config
+        self.allocation, self.costs, self.device = allocation, costs, device
+        self.surplus = 0.0  # parameters removed beyond the plan so far (kv heads that went with their queries)
+
+    def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> LayerPlan:
+        adapter, config, costs = self.adapter, self.config, self.costs[index]
+        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+        record = LayerPlan(
+            index=index,
+            kept_heads=list(range(attn.num_heads)),
+            kept_kv_heads=list(range(attn.num_kv_heads)),
+            query_to_kv=list(attn.query_to_kv),
+            kept_channels=list(range(mlp.width)),
+            ratio=self.allocation.ratios[index],
+            cosine=cosine,
+        )
+        num_units = self.allocation.units_to_prune[index]
+        if num_units:
+            before = count_parameters(adapter.attention_module(layer))
+            units = attention_units(attn.query_to_kv, config.gqa)
+            stats = collect_attention_stats(adapter, layer, batches, units, self.device)
+            selection = self.method.heads.select(stats, num_units)
+            kept_heads = sorted(h for u in selection.kept for h in units[u])
+            recovery = self.method.recovery.attention(stats, kept_heads)
+            record.kept_kv_heads, record.query_to_kv = prune_heads(adapter, layer, kept_heads)
+            record.kept_heads, record.head_scores = kept_heads, selection.scores
+            if recovery is not None:
+                recover_attention(adapter, layer, recovery)
+                record.attn_recovery = recovery
+            removed = before - count_parameters(adapter.attention_module(layer))
+            planned = removed_params(costs, num_units, 0, config.regression and recovery is not None)
+            self.surplus += removed - planned
+
+        num_channels = self.allocation.channels_to_prune[index]
+        if num_channels:
+            # Spend or recover the surplus here, in whole channels, so the total stays on target.
+            adjust = round(self.surplus / costs.channel_params)
+            num_channels = min(mlp.width - 1, max(0, num_channels - adjust))
+        if num_channels:
+            before = count_parameters(adapter.mlp_module(layer))
+            stats = collect_mlp_stats(adapter, layer, batches, self.device)
+            selection = self.method.channels.select(stats, num_channels)
+            kept = selection.kept
+            paired = None
+            if self.method.recovery.needs_output_pass:
+                paired = collect_paired_outputs(adapter, layer, batches, kept, self.device)
+            recovery = self.method.recovery.mlp(stats, kept, paired)
+            prune_channels(adapter, layer, kept)
+            record.kept_channels = kept
+            if recovery is not None:
+                recover_mlp(adapter, layer, recovery)
+                record.mlp_recovery = recovery
+            removed = before - count_parameters(adapter.mlp_module(layer))
+            planned = removed_params(costs, 0, self.allocation.channels_to_prune[index], config.regression)
+            self.surplus += removed - planned
+        return record
+
+
+def _versions() -> dict:
+    import transformers
+
+    from slimllm import __version__
+
+    return {
+        "slimllm": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def prune(
+    model: torch.nn.Module,
+    tokenizer=None,
+    config: PruneConfig | None = None,
+    data: torch.Tensor | None = None,
+    *,
+    progress: bool = True,
+) -> tuple[SlimLlamaForCausalLM, PrunePlan]:
+    """Prune ``model`` with SlimLLM (or ``config.method``); the input model is left untouched.
+
+    ``data`` may be a (nsamples × seqlen) LongTensor of calibration token windows; otherwise
+    ``config.calib`` is tokenised with ``tokenizer``. Returns the pruned
+    :class:`SlimLlamaForCausalLM` and the :class:`PrunePlan` (with ``plan.report``).
+    """
+    config = config or PruneConfig()
+    config.validate()
+    timer = _Timer()
+    wall_start = time.perf_counter()
+    adapter = adapter_for(model.config)
+    method = build_method(config)
+    device = _resolve_device(config, model)
+
+    with timer.phase("calibration_data"):
+        if data is None:
+            if tokenizer is None:
+                raise ValueError("prune needs a tokenizer to build calibration windows (or pass data=)")
+            data, calib_info = calibration_windows(tokenizer, config.calib, config.nsamples, config.seqlen, config.seed)
+        else:
+            calib_info = {"source": "tensor", "windows": int(data.shape[0])}
+        if data.ndim != 2 or data.shape[1] < 2:
+            raise ValueError(f"calibration data must be (nsamples, seqlen) token ids, got shape {tuple(data.shape)}")
+
+    with timer.phase("convert"):
+        slim = adapter.to_slim(model)
+        slim_adapter = adapter_for(slim.config)
+        dtype = resolve_dtype(config.dtype)
+        if dtype is not None and dtype != next(slim.parameters()).dtype:
+            slim = slim.to(dtype)
+    dense_params = count_parameters(slim)
+    layers = slim_adapter.layers(slim)
+    dense_layer_params = [count_parameters(layer) for layer in layers]
+
+    with timer.phase("capture_inputs"):
+        layer0_inputs = capture_layer_inputs(slim, slim_adapter, data, config.batch_size, device)
+
+    with timer.phase("layer_cosines"):
+        cosines, batches = [], layer0_inputs
+        for layer in tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False):
+            with on_device(layer, device):
+                outputs = run_layer(layer, batches)
+            cosines.append(token_cosine(batches, outputs))
+            batches = outputs
+
+    with timer.phase("allocation"):
+        costs = layer_costs(slim, slim_adapter, config.gqa)
+        allocation = allocate(
+            cosines,
+            costs,
+            dense_params,
+            ratio=config.ratio,
+            pruned_layers=config.layers,
+            alpha=config.alpha,
+            max_layer_ratio=config.max_layer_ratio,
+            uniform=config.uniform or method.uniform_ratios,
+            regression=config.regression,
+            round_to=config.round_to,
+        )
+
+    prune_layer = _LayerPruner(slim_adapter, method, config, allocation, costs, device)
+    layer_plans, layer_seconds = [], []
+    with timer.phase("prune_layers"):
+        batches = layer0_inputs
+        for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
+            start = time.perf_counter()
+            with on_device(layer, device):
+                layer_plans.append(prune_layer(index, layer, batches, cosines[index]))
+                batches = run_layer(layer, batches)
+            layer_seconds.append(time.perf_counter() - start)
+    slim_adapter.sync_config(slim)
+
+    plan = PrunePlan(
+        model_type=model.config.model_type,
+        num_layers=len(layers),
+        num_heads=model.config.num_attention_heads,
+        num_kv_heads=getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+        intermediate_size=model.config.intermediate_size,
+        layers=layer_plans,
+        config=config.to_dict(),
+        source=getattr(model.config, "_name_or_path", None) or None,
+    )
+    pruned_params = count_parameters(slim)
+    timer.seconds["total"] = time.perf_counter() - wall_start
+    plan.report = build_report(
+        config, calib_info, allocation, layer_plans, layers, dense_layer_params, dense_params, pruned_params,
+        timer.seconds, layer_seconds,
+    )  # fmt: skip
+    return slim, plan
+
+
+def build_report(
+    config, calib_info, allocation, layer_plans, layers, dense_layer_params, dense_params, pruned_params, seconds,
+    layer_seconds,
+) -> dict:  # fmt: skip
+    per_layer = []
+    for record, layer, before, secs in zip(layer_plans, layers, dense_layer_params, layer_seconds, strict=True):
+        after = count_parameters(layer)
+        per_layer.append(
+            {
+                "layer": record.index,
+                "cosine": record.cosine,
+                "ratio": record.ratio,
+                "heads": len(record.kept_heads),
+                "kv_heads": len(record.kept_kv_heads),
+                "channels": len(record.kept_channels),
+                "params_before": before,
+                "params_after": after,
+                "realised_ratio": 1 - after / before,
+                "seconds": secs,
+            }
+        )
+    return {
+        "settings": config.to_dict(),
+        "calibration": calib_info,
+        "versions": _versions(),
+        "params": {
+            "dense": dense_params,
+            "pruned": pruned_params,
+            "target_ratio": config.ratio,
+            "realised_ratio": 1 - pruned_params / dense_params,
+            "target_removed": allocation.target_removed,
+            "removed": dense_params - pruned_params,
+        },
+        "allocation": {
+            "r0": allocation.r0,
+            "pruned_layers": allocation.pruned_layers,
+            "alpha": allocation.alpha,
+            "selected": allocation.selected,
+        },
+        "layers": per_layer,
+        "seconds": seconds,
+    }

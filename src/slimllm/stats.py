@@ -1,0 +1,110 @@
+"""Streaming float64 statistics of activations.
+
+Calibration activations are never kept: each batch is folded into running sums, so memory
+depends on the feature width only, not on the number of calibration tokens. Means and
+covariances are merged with Chan et al.'s pairwise update, which stays accurate when the mean
+is large relative to the spread (a plain sum of squares minus squared mean does not).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteActivationError(FloatingPointError):
+    """An activation contained NaN or inf: the model or its dtype is broken for this input."""
+
+
+def _as_rows(x: torch.Tensor, dim: int, where: str) -> torch.Tensor:
+    rows = x.detach().reshape(-1, dim).to(torch.float64)
+    if not torch.isfinite(rows).all():
+        raise NonFiniteActivationError(
+            f"non-finite values (NaN/inf) in activations at {where}; try --dtype float32 or check the model"
+        )
+    return rows
+
+
+class Moments:
+    """Running count, mean and population covariance (or only the variance) of d-dim rows."""
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu", *, full: bool = True, where: str = "activation"):
+        self.dim = dim
+        self.full = full
+        self.where = where
+        self.count = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
+        shape = (dim, dim) if full else (dim,)
+        self._m2 = torch.zeros(shape, dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        rows = _as_rows(x, self.dim, self.where).to(self.mean.device)
+        n_b = rows.shape[0]
+        if n_b == 0:
+            return
+        mean_b = rows.mean(0)
+        centred = rows - mean_b
+        m2_b = centred.T @ centred if self.full else (centred * centred).sum(0)
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        correction = torch.outer(delta, delta) if self.full else delta * delta
+        self._m2 += m2_b + correction * (n_a * n_b / n)
+        self.mean += delta * (n_b / n)
+        self.count = n
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Population covariance (divided by N), or the variances when ``full=False``."""
+        if self.count == 0:
+            raise ValueError("no samples were accumulated")
+        return self._m2 / self.count
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.covariance.diagonal() if self.full else self.covariance
+
+    @property
+    def square_sum(self) -> torch.Tensor:
+        """Σ_n x_n² per feature: the squared L2 norm of each column over all tokens."""
+        return self.count * (self.variance + self.mean**2)
+
+
+class PairedColumnMoments:
+    """Per-column moments of two aligned outputs (dense ``target`` and pruned ``approx``).
+
+    Enough to fit ``target[:, c] ≈ a_c · approx[:, c] + b_c`` by least squares for every column c
+    without storing either output.
+    """
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu", where: str = "output"):
+        self.dim = dim
+        self.where = where
+        self.count = 0
+        self.mean_target = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.mean_approx = torch.zeros(dim, dtype=torch.float64, device=device)
+        self._m2_approx = torch.zeros(dim, dtype=torch.float64, device=device)
+        self._cross = torch.zeros(dim, dtype=torch.float64, device=device)
+
+    def update(self, target: torch.Tensor, approx: torch.Tensor) -> None:
+        t = _as_rows(target, self.dim, self.where).to(self.mean_target.device)
+        a = _as_rows(approx, self.dim, self.where).to(self.mean_target.device)
+        n_b = t.shape[0]
+        if n_b == 0:
+            return
+        mt_b, ma_b = t.mean(0), a.mean(0)
+        tc, ac = t - mt_b, a - ma_b
+        n_a, n = self.count, self.count + n_b
+        dt, da = mt_b - self.mean_target, ma_b - self.mean_approx
+        weight = n_a * n_b / n
+        self._m2_approx += (ac * ac).sum(0) + da * da * weight
+        self._cross += (ac * tc).sum(0) + da * dt * weight
+        self.mean_target += dt * (n_b / n)
+        self.mean_approx += da * (n_b / n)
+        self.count = n
+
+    @property
+    def var_approx(self) -> torch.Tensor:
+        return self._m2_approx / self.count
+
+    @property
+    def cov_approx_target(self) -> torch.Tensor:
+        return self._cross / self.count
