@@ -1,0 +1,84 @@
+"""Eq. 11 ratios and the parameter-target solver."""
+
+import math
+
+import pytest
+
+from slimllm.allocation import (
+    AllocationError,
+    LayerCosts,
+    allocate,
+    default_alpha,
+    default_pruned_layers,
+    eq11_weights,
+    removed_params,
+)
+
+# SmolLM2-135M: 30 layers, d=576, 9 query heads of 64, 3 kv heads, SwiGLU 1536, 134,515,008 params.
+D, DH, LAYERS, TOTAL = 576, 64, 30, 134_515_008
+SMOL_QUERY = LayerCosts(
+    num_units=9, unit_params=2 * DH * D, width=1536, channel_params=3 * D, attn_bias_added=D, mlp_bias_added=D
+)
+SMOL_GROUP = LayerCosts(
+    num_units=3, unit_params=3 * 2 * DH * D + 2 * DH * D, width=1536, channel_params=3 * D,
+    attn_bias_added=D, mlp_bias_added=D,
+)  # fmt: skip
+
+
+def _cosines(n=LAYERS):
+    return [0.80 + 0.19 * math.sin(1.7 * i) ** 2 for i in range(n)]
+
+
+def test_paper_defaults():
+    assert default_pruned_layers(0.2, 32) == 26 and default_pruned_layers(0.5, 32) == 30
+    assert default_alpha(0.2) == 10 and default_alpha(0.5) == 7 and default_alpha(0.35) == pytest.approx(8.5)
+    assert default_alpha(0.1) == 10 and default_alpha(0.7) == 7
+
+
+def test_eq11_weights_average_to_one_and_follow_the_formula():
+    cos = _cosines()
+    selected = [0, 3, 4, 9, 20]
+    weights = eq11_weights(cos, selected, alpha=7.0)
+    assert sum(weights.values()) / len(selected) == pytest.approx(1.0)
+    denom = sum(math.exp(7.0 * cos[k]) for k in selected)
+    for i in selected:
+        assert weights[i] == pytest.approx(len(selected) * math.exp(7.0 * cos[i]) / denom)
+
+
+@pytest.mark.parametrize("costs", [SMOL_QUERY, SMOL_GROUP], ids=["query", "group"])
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_solver_hits_target_on_smollm2_shapes(ratio, costs):
+    cos = _cosines()
+    result = allocate(cos, [costs] * LAYERS, TOTAL, ratio=ratio, max_layer_ratio=0.9)
+    removed = sum(
+        removed_params(costs, u, c, True) for u, c in zip(result.units_to_prune, result.channels_to_prune, strict=True)
+    )
+    assert removed == result.planned_removed
+    assert abs(removed - ratio * TOTAL) <= costs.channel_params  # well within one head (73,728)
+    assert len(result.selected) == default_pruned_layers(ratio, LAYERS)
+    # the selected layers are those with the highest cosine
+    threshold = sorted(cos, reverse=True)[len(result.selected) - 1]
+    assert all(cos[i] >= threshold for i in result.selected)
+    assert max(result.ratios) <= 0.9
+    for i in range(LAYERS):
+        if i not in result.selected:
+            assert result.units_to_prune[i] == result.channels_to_prune[i] == 0
+
+
+def test_cap_moves_the_excess_to_other_layers():
+    cos = [0.0] * 9 + [1.0]  # one layer far more redundant than the rest
+    costs = [SMOL_QUERY] * 10
+    result = allocate(cos, costs, 10 * 3_500_000, ratio=0.4, pruned_layers=10, alpha=10.0, max_layer_ratio=0.6)
+    assert result.ratios[9] == pytest.approx(0.6)
+    assert all(0 < r < 0.6 for r in result.ratios[:9])
+
+
+def test_uniform_gives_one_ratio():
+    result = allocate(_cosines(), [SMOL_QUERY] * LAYERS, TOTAL, ratio=0.3, uniform=True)
+    assert len(set(round(r, 12) for r in result.ratios)) == 1
+    assert result.selected == list(range(LAYERS))
+
+
+def test_unreachable_target_is_a_clear_error():
+    with pytest.raises(AllocationError, match="cannot remove"):
+        allocate(_cosines(), [SMOL_QUERY] * LAYERS, TOTAL, ratio=0.7, pruned_layers=5)

@@ -1,0 +1,209 @@
+"""End to end on tiny random LLaMA, Mistral and Qwen2 models."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import slimllm
+from conftest import VOCAB, logits, tiny_llama
+from slimllm import PruneConfig
+from slimllm.config import ConfigError
+from slimllm.data.sources import DataSourceError, calibration_windows
+from slimllm.io import ModelSourceError, OutputExistsError
+from slimllm.plan import LayerPlan, PrunePlan
+from slimllm.prune import count_parameters
+
+
+def _config(**overrides):
+    return PruneConfig(**{"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, **overrides})
+
+
+def _masked_dense(model, plan):
+    """The dense model with the pruned heads' o_proj columns and pruned channels' down_proj
+    columns zeroed: what the pruned model must compute before any regression."""
+    masked = copy.deepcopy(model)
+    for record, layer in zip(plan.layers, masked.model.layers, strict=True):
+        head_dim = layer.self_attn.head_dim
+        o_weight, down_weight = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
+        with torch.no_grad():
+            for head in range(o_weight.shape[1] // head_dim):
+                if head not in record.kept_heads:
+                    o_weight[:, head * head_dim : (head + 1) * head_dim] = 0
+            for channel in range(down_weight.shape[1]):
+                if channel not in record.kept_channels:
+                    down_weight[:, channel] = 0
+    return masked
+
+
+@pytest.mark.parametrize("gqa", ["query", "group"])
+def test_pruned_equals_masked_dense_before_regression(tiny_model, calib_data, gqa):
+    pruned, plan = slimllm.prune(tiny_model, None, _config(gqa=gqa, regression=False), data=calib_data, progress=False)
+    assert any(len(r.kept_heads) < 6 for r in plan.layers) and any(len(r.kept_channels) < 80 for r in plan.layers)
+    if gqa == "group":
+        assert all(len(r.kept_heads) == 3 * len(r.kept_kv_heads) for r in plan.layers)
+    ids = torch.randint(0, VOCAB, (2, 30))
+    torch.testing.assert_close(logits(pruned, ids), logits(_masked_dense(tiny_model, plan), ids), rtol=1e-5, atol=1e-5)
+
+
+def test_all_kept_plan_is_an_exact_no_op(tiny_model):
+    layers = tiny_model.model.layers
+    plan = PrunePlan(
+        model_type=tiny_model.config.model_type, num_layers=len(layers), num_heads=6, num_kv_heads=2,
+        intermediate_size=80,
+        layers=[LayerPlan(i, list(range(6)), [0, 1], [0, 0, 0, 1, 1, 1], list(range(80))) for i in range(len(layers))],
+    )  # fmt: skip
+    rebuilt = slimllm.apply_plan(tiny_model, plan)
+    ids = torch.randint(0, VOCAB, (2, 20))
+    torch.testing.assert_close(logits(rebuilt, ids), logits(tiny_model, ids), rtol=0, atol=0)
+    assert count_parameters(rebuilt) == count_parameters(tiny_model)
+
+
+def test_input_model_is_untouched_and_target_met(tiny_model, calib_data):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    pruned, plan = slimllm.prune(tiny_model, None, _config(), data=calib_data, progress=False)
+    after = tiny_model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    report = plan.report
+    dense = count_parameters(tiny_model)
+    assert report["params"]["dense"] == dense and report["params"]["pruned"] == count_parameters(pruned)
+    channel_params = 3 * tiny_model.config.hidden_size
+    assert abs(report["params"]["removed"] - 0.3 * dense) <= channel_params
+    assert [row["layer"] for row in report["layers"]] == list(range(4))
+    assert set(report["seconds"]) >= {"calibration_data", "capture_inputs", "layer_cosines", "prune_layers", "total"}
+
+
+def test_regression_reduces_output_error(calib_data):
+    model = tiny_llama()
+    dense = logits(model, calib_data)
+    errors = {}
+    for regression in (False, True):
+        pruned, _ = slimllm.prune(model, None, _config(regression=regression), data=calib_data, progress=False)
+        errors[regression] = float((logits(pruned, calib_data) - dense).pow(2).mean())
+    assert errors[True] < errors[False]
+
+
+def test_plan_replay_save_and_reload(tmp_path, calib_data):
+    model = tiny_llama()
+    pruned, plan = slimllm.prune(model, None, _config(), data=calib_data, progress=False)
+    out = slimllm.save(pruned, None, plan, tmp_path / "pruned")
+    names = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "modeling_slimllm.py", "slimllm_plan.json",
+            "slimllm_recovery.safetensors", "slimllm_report.json"} <= names  # fmt: skip
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
+
+    # rebuild from the dense model plus the saved plan: identical weights
+    rebuilt = slimllm.apply_plan(model, PrunePlan.load(out))
+    expected = pruned.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in rebuilt.state_dict().items())
+
+    # reload through the Auto classes: identical logits, and generation with a KV cache
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.randint(0, VOCAB, (2, 16))
+    torch.testing.assert_close(logits(reloaded, ids), logits(pruned, ids), rtol=0, atol=0)
+    generated = reloaded.generate(ids[:1, :5], max_new_tokens=6, do_sample=False)
+    assert torch.equal(generated, pruned.generate(ids[:1, :5], max_new_tokens=6, do_sample=False))
+
+    # trust_remote_code in a process where slimllm cannot be imported
+    torch.save(ids, tmp_path / "ids.pt")
+    torch.save(logits(pruned, ids), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["slimllm"] = None  # any import of slimllm now fails
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+        assert "slimllm" not in type(model).__module__.split(".")[0], type(model).__module__
+        ids = torch.load({str(tmp_path / "ids.pt")!r})
+        with torch.no_grad():
+            got = model(input_ids=ids).logits
+        torch.testing.assert_close(got, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
+        print("REMOTE-CODE-OK", type(model).__module__)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-CODE-OK" in result.stdout
+
+
+def test_existing_output_folder_is_refused_and_kept(tmp_path, calib_data):
+    model = tiny_llama()
+    pruned, plan = slimllm.prune(model, None, _config(), data=calib_data, progress=False)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError):
+        slimllm.save(pruned, None, plan, target)
+    assert os.listdir(target) == ["keep.txt"]
+    slimllm.save(pruned, None, plan, target, overwrite=True)
+    assert "keep.txt" not in os.listdir(target) and "model.safetensors" in os.listdir(target)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]  # no temporary folders left
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.0, 1.5])
+def test_ratio_outside_open_interval_is_refused(ratio):
+    with pytest.raises(ConfigError, match="ratio"):
+        PruneConfig(ratio=ratio)
+
+
+def test_config_round_trips_through_json():
+    config = PruneConfig(ratio=0.5, gqa="group", greedy=False, layers=20, alpha=7.5)
+    assert PruneConfig.from_json(config.to_json()) == config
+    with pytest.raises(ConfigError, match="unknown"):
+        PruneConfig.from_dict({"ratio": 0.2, "bogus": 1})
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelSourceError, match="not found"):
+        slimllm.load(str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelSourceError, match="not found"):
+        slimllm.load("./missing/model.gguf")
+
+
+def test_too_little_calibration_text(tmp_path):
+    class CharTokenizer:
+        def __call__(self, text, **_):
+            return {"input_ids": [ord(c) % 50 for c in text]}
+
+    path = tmp_path / "short.txt"
+    path.write_text("x" * 500)
+    with pytest.raises(DataSourceError, match="too little calibration text"):
+        calibration_windows(CharTokenizer(), str(path), nsamples=32, seqlen=128, seed=0)
+    windows, info = calibration_windows(CharTokenizer(), str(path), nsamples=3, seqlen=128, seed=0)
+    assert windows.shape == (3, 128) and len(set(info["windows"])) == 3
+
+
+def test_cli_prunes_a_local_model(tmp_path):
+    from slimllm.cli import main
+
+    model = tiny_llama()
+    src = tmp_path / "dense"
+    model.save_pretrained(src)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(src)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(f"w{(i * 7) % (VOCAB - 1)}" for i in range(2000)))
+    before = sorted(os.listdir(src))
+    out = tmp_path / "pruned"
+    args = [str(src), "--ratio", "0.25", "--output", str(out), "--calib", str(calib),
+            "--nsamples", "8", "--seqlen", "32", "--quiet"]  # fmt: skip
+    assert main(["prune", *args]) == 0
+    report = json.loads((out / "slimllm_report.json").read_text())
+    assert abs(report["params"]["realised_ratio"] - 0.25) < 0.01
+    assert report["settings"]["calib"] == str(calib) and report["calibration"]["tokens"] == 2000
+    assert sorted(os.listdir(src)) == before  # the input folder is untouched
+    assert main(["prune", *args]) == 2  # existing output folder
+    assert main(["prune", str(tmp_path / "nope"), "--ratio", "0.2", "--output", str(tmp_path / "x")]) == 2
+    assert main(["prune", str(src), "--ratio", "1.2", "--output", str(tmp_path / "y")]) == 2
