@@ -61,7 +61,7 @@ def test_uneven_head_map_matches_explicit_reference():
                     None,
                 ],
             }
-        )  # fmt: skip
+        )
     ).eval()
     state = model.state_dict()
     rows = [kv * 8 + i for kv in [0, 1, 1] for i in range(8)]
