@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,11 +43,21 @@ class RegressionRecovery(NoRecovery):
 
 @dataclass
 class Method:
+    """What ``--method`` selects. Optional hooks let a method see the whole dense model first:
+
+    - ``prepare(model, adapter, layer0_batches, windows, device)`` runs before any layer is
+      pruned (e.g. a backward pass for Taylor scores);
+    - ``allocator(cosines, costs, dense_params, config)`` replaces Eq. 11's allocation (e.g.
+      FLAP's adaptive structure); it returns an :class:`~slimllm.allocation.Allocation`.
+    """
+
     name: str
     heads: object
     channels: object
     recovery: NoRecovery
     uniform_ratios: bool = False
+    prepare: Callable | None = None
+    allocator: Callable | None = None
 
 
 def build_method(config: PruneConfig) -> Method:

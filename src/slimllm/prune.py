@@ -215,6 +215,21 @@ class _LayerPruner:
         return record
 
 
+def _eq11_allocation(cosines, costs, dense_params, config: PruneConfig) -> Allocation:
+    return allocate(
+        cosines,
+        costs,
+        dense_params,
+        ratio=config.ratio,
+        pruned_layers=config.layers,
+        alpha=config.alpha,
+        max_layer_ratio=config.max_layer_ratio,
+        uniform=config.uniform,
+        regression=config.regression,
+        round_to=config.round_to,
+    )
+
+
 def _versions() -> dict:
     import transformers
 
@@ -282,20 +297,14 @@ def prune(
             cosines.append(token_cosine(batches, outputs))
             batches = outputs
 
+    if method.prepare is not None:
+        with timer.phase("prepare_method"):
+            method.prepare(slim, slim_adapter, layer0_inputs, data, device)
+
     with timer.phase("allocation"):
         costs = layer_costs(slim, slim_adapter, config.gqa)
-        allocation = allocate(
-            cosines,
-            costs,
-            dense_params,
-            ratio=config.ratio,
-            pruned_layers=config.layers,
-            alpha=config.alpha,
-            max_layer_ratio=config.max_layer_ratio,
-            uniform=config.uniform or method.uniform_ratios,
-            regression=config.regression,
-            round_to=config.round_to,
-        )
+        allocator = method.allocator or _eq11_allocation
+        allocation = allocator(cosines, costs, dense_params, config)
 
     prune_layer = _LayerPruner(slim_adapter, method, config, allocation, costs, device)
     layer_plans, layer_seconds = [], []
