@@ -1,0 +1,209 @@
+"""The transformers Trainer set up for the recovery recipe, plus the loss log and the progress bar.
+
+Distribution is the Trainer's: under ``accelerate launch`` or ``torchrun`` each process trains on
+its share of every batch (DDP); nothing here depends on the number of processes except the
+gradient-accumulation count that keeps the effective batch at ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+from slimllm.finetune.config import FinetuneConfig
+from slimllm.finetune.data import IGNORE_INDEX, FinetuneData
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def world_size() -> int:
+    """Processes in this run: torchrun and accelerate launch both export WORLD_SIZE."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_precision(precision: str, use_cpu: bool = False) -> str:
+    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if use_cpu or not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def training_arguments(
+    config: FinetuneConfig,
+    work_dir: str | Path,
+    *,
+    has_validation: bool,
+    resuming: bool = False,
+    quiet: bool = False,
+    use_cpu: bool = False,
+):
+    """The recipe as TrainingArguments: validate and checkpoint every ``eval_steps``, keep the best."""
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(config.precision, use_cpu)
+    best = has_validation and config.best_by_validation
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps(world_size()),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=config.eval_steps,
+        # The loss before any tuning anchors the log; a resumed run already has it.
+        eval_on_start=has_validation and not resuming,
+        save_strategy="steps",
+        save_steps=config.eval_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=best,
+        metric_for_best_model="eval_loss" if best else None,
+        greater_is_better=False if best else None,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=config.gradient_checkpointing,
+        label_names=["labels"],
+        # Every LoRA parameter takes part in every step; DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
+        report_to="none",
+        disable_tqdm=quiet,
+        use_cpu=use_cpu,
+        dataloader_pin_memory=torch.cuda.is_available() and not use_cpu,
+    )
+
+
+def padding_tokenizer(tokenizer):
+    """The tokenizer, or a copy that pads on the right with a pad token.
+
+    Right padding keeps every example's real tokens at positions 0..n-1 (the model numbers
+    positions from 0 regardless of the mask); a copy leaves the tokenizer that gets saved as it was.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.padding_side == "right":
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked and carry no label
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def loss_history(log_history: list[dict]) -> dict[str, list[dict]]:
+    """Train and validation losses per logged step, from the Trainer's log history."""
+    train, validation = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            train.append(
+                {key: entry[key] for key in ("step", "epoch", "loss", "learning_rate", "grad_norm") if key in entry}
+            )
+        elif "eval_loss" in entry:
+            validation.append({"step": entry["step"], "epoch": entry.get("epoch"), "loss": entry["eval_loss"]})
+    return {"train": train, "validation": validation}
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write ``data`` through a temporary file so a reader never sees half a log."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class LossLogCallback(TrainerCallback):
+    """Rewrites a JSON log (``record`` + losses so far) at every logging step, on the main process."""
+
+    def __init__(self, path: str | Path, record: dict):
+        self.path = Path(path)
+        self.record = record
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            progress = {"status": "running", "step": state.global_step, "max_steps": state.max_steps}
+            write_json(self.path, {**self.record, **progress, "losses": loss_history(state.log_history)})
+
+
+class LossProgressCallback(ProgressCallback):
+    """The Trainer's progress bar with the latest losses beside it, instead of one dict per log."""
+
+    def __init__(self):
+        super().__init__()
+        self.postfix: dict[str, str] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.postfix["loss"] = f"{logs['loss']:.4f}"
+        if "eval_loss" in logs:
+            self.postfix["val_loss"] = f"{logs['eval_loss']:.4f}"
+            self.training_bar.write(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+        self.training_bar.set_postfix(self.postfix, refresh=False)
+
+
+def build_trainer(
+    peft_model,
+    tokenizer,
+    data: FinetuneData,
+    config: FinetuneConfig,
+    work_dir: str | Path,
+    *,
+    log_path: str | Path | None = None,
+    record: dict | None = None,
+    resuming: bool = False,
+    quiet: bool = False,
+    use_cpu: bool = False,
+):
+    """A Trainer over ``data`` that checkpoints into ``work_dir`` and keeps the JSON loss log."""
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    args = training_arguments(
+        config, work_dir, has_validation=data.validation is not None, resuming=resuming, quiet=quiet, use_cpu=use_cpu
+    )
+    collator = DataCollatorForSeq2Seq(
+        padding_tokenizer(tokenizer), padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8
+    )
+    callbacks = [LossLogCallback(log_path, record or {})] if log_path is not None else []
+    trainer = Trainer(
+        model=peft_model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    # Quiet runs print nothing per step (the JSON log has every loss); others get the bar with losses.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not quiet:
+        trainer.add_callback(LossProgressCallback())
+    return trainer
+
+
+def train(trainer, resume_from: str | None = None) -> dict:
+    """Run the Trainer; return the step count, best checkpoint and losses."""
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    state = trainer.state
+    best = state.best_model_checkpoint
+    return {
+        "global_step": state.global_step,
+        "epoch": state.epoch,
+        "train_loss_mean": output.training_loss,
+        # The checkpoint folder goes away after the run; its step number is what stays meaningful.
+        "best_step": int(Path(best).name.removeprefix(CHECKPOINT_PREFIX)) if best else None,
+        "best_validation_loss": state.best_metric,
+        "train_seconds": time.perf_counter() - start,
+        "losses": loss_history(state.log_history),
+    }
