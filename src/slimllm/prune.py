@@ -7,6 +7,7 @@ channels → surgery + regression → the pruned layer's outputs feed the next l
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from slimllm.config import PruneConfig
 from slimllm.data.sources import calibration_windows
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.io import resolve_dtype
-from slimllm.methods import Method, build_method, paired_output_hook
+from slimllm.methods import Method, NoRecovery, build_method, paired_output_hook
 from slimllm.modeling import SlimLlamaForCausalLM
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
@@ -187,7 +188,7 @@ class _LayerPruner:
                 recover_attention(adapter, layer, recovery)
                 record.attn_recovery = recovery
             removed = before - count_parameters(adapter.attention_module(layer))
-            planned = removed_params(costs, num_units, 0, config.regression and recovery is not None)
+            planned = removed_params(costs, num_units, 0, _adds_bias(self.method))
             self.surplus += removed - planned
 
         num_channels = self.allocation.channels_to_prune[index]
@@ -210,12 +211,19 @@ class _LayerPruner:
                 recover_mlp(adapter, layer, recovery)
                 record.mlp_recovery = recovery
             removed = before - count_parameters(adapter.mlp_module(layer))
-            planned = removed_params(costs, 0, self.allocation.channels_to_prune[index], config.regression)
+            planned = removed_params(costs, 0, self.allocation.channels_to_prune[index], _adds_bias(self.method))
             self.surplus += removed - planned
         return record
 
 
-def _eq11_allocation(cosines, costs, dense_params, config: PruneConfig) -> Allocation:
+def _adds_bias(method: Method) -> bool:
+    """Every recovery but "none" folds a new bias into the pruned projections."""
+    return type(method.recovery) is not NoRecovery
+
+
+def _eq11_allocation(
+    cosines, costs, dense_params, config: PruneConfig, *, adds_bias: bool, uniform: bool
+) -> Allocation:
     return allocate(
         cosines,
         costs,
@@ -224,8 +232,8 @@ def _eq11_allocation(cosines, costs, dense_params, config: PruneConfig) -> Alloc
         pruned_layers=config.layers,
         alpha=config.alpha,
         max_layer_ratio=config.max_layer_ratio,
-        uniform=config.uniform,
-        regression=config.regression,
+        uniform=uniform,
+        regression=adds_bias,
         round_to=config.round_to,
     )
 
@@ -303,7 +311,9 @@ def prune(
 
     with timer.phase("allocation"):
         costs = layer_costs(slim, slim_adapter, config.gqa)
-        allocator = method.allocator or _eq11_allocation
+        allocator = method.allocator or functools.partial(
+            _eq11_allocation, adds_bias=_adds_bias(method), uniform=config.uniform or method.uniform_ratios
+        )
         allocation = allocator(cosines, costs, dense_params, config)
 
     prune_layer = _LayerPruner(slim_adapter, method, config, allocation, costs, device)
