@@ -120,8 +120,8 @@ def render_markdown(results: dict, ratios: list[float], sources: list[str]) -> s
         run = results["runs"][str(ratio)]
         first = run["each"][0]
         lines.append(
-            f"| SlimLLM {ratio:.0%} | {first['params']:,} | {first['realised_ratio']:.4f} | {run['median_prune_s']:.1f} "
-            f"| {run['median_process_wall_s']:.1f} | {run['max_peak_rss_mib']:.0f} | "
+            f"| SlimLLM {ratio:.0%} | {first['params']:,} | {first['realised_ratio']:.4f} "
+            f"| {run['median_prune_s']:.1f} | {run['median_process_wall_s']:.1f} | {run['max_peak_rss_mib']:.0f} | "
             + " | ".join(f"{ppl[str(ratio)][s]['ppl']:.2f}" for s in sources)
             + " |"
         )
