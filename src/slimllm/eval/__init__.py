@@ -1,0 +1,30 @@
+"""Evaluation of dense and pruned models as the structured-pruning papers report it.
+
+    from slimllm.eval import perplexity, zero_shot, evaluate_models
+    ppl = perplexity(model, tokenizer, "wikitext2", seqlen=128)["ppl"]
+    acc = zero_shot(model, tokenizer, ["piqa", "boolq"], limit=500, seed=0)
+    report = evaluate_models(["smollm2-135m", "out/smollm2-20"], ppl=["wikitext2"], tasks=TASKS)
+
+lm-eval is imported only when zero-shot tasks run.
+"""
+
+from slimllm.eval.perplexity import perplexity, perplexity_of_stream, token_windows
+from slimllm.eval.report import markdown_report, print_table, write_json
+from slimllm.eval.runner import count_parameters, evaluate_model, evaluate_models
+from slimllm.eval.zero_shot import HEADLINE_METRIC, TASKS, sample_doc_ids, zero_shot
+
+__all__ = [
+    "HEADLINE_METRIC",
+    "TASKS",
+    "count_parameters",
+    "evaluate_model",
+    "evaluate_models",
+    "markdown_report",
+    "perplexity",
+    "perplexity_of_stream",
+    "print_table",
+    "sample_doc_ids",
+    "token_windows",
+    "write_json",
+    "zero_shot",
+]

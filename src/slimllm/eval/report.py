@@ -1,0 +1,152 @@
+"""Side-by-side tables (terminal and Markdown) and JSON files for evaluation reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from slimllm.eval.zero_shot import HEADLINE_METRIC, METRICS, TASKS
+
+TASK_LABELS = {
+    "boolq": "BoolQ",
+    "piqa": "PIQA",
+    "hellaswag": "HellaSwag",
+    "winogrande": "WinoGrande",
+    "arc_easy": "ARC-e",
+    "arc_challenge": "ARC-c",
+    "openbookqa": "OBQA",
+}
+PPL_LABELS = {"wikitext2": "WikiText-2", "ptb": "PTB"}
+HEADLINE_MARK = "*"
+
+
+def _format_parameters(count: int) -> str:
+    if count >= 1e9:
+        return f"{count / 1e9:.2f}B"
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.1f}K"
+
+
+def _short_name(name: str) -> str:
+    """A local path by its last component (prune output folders are named after the run)."""
+    path = Path(name)
+    return path.name if path.exists() and path.name else name
+
+
+def column_labels(names: list[str]) -> list[str]:
+    labels = [_short_name(name) for name in names]
+    return labels if len(set(labels)) == len(labels) else names
+
+
+def _ppl_label(source: str) -> str:
+    return PPL_LABELS.get(source) or _short_name(source)
+
+
+def _format_accuracy(value: float, stderr: float | None) -> str:
+    # accuracies in percent, as the papers print them
+    text = f"{100 * value:.2f}"
+    return f"{text} ± {100 * stderr:.2f}" if stderr is not None else text
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header (metric, then one column per model) and rows of display strings."""
+    models = report["models"]
+    settings = report["settings"]
+    header = ["metric", *column_labels([model["model"] for model in models])]
+    rows = [["parameters", *(_format_parameters(model["parameters"]) for model in models)]]
+    for source in report["data"]:
+        if source == "tasks":
+            continue
+        label = f"{_ppl_label(source)} PPL (seqlen {settings['seqlen']})"
+        rows.append([label, *(f"{model['perplexity'][source]['ppl']:.2f}" for model in models)])
+    tasks = [task for task in TASKS if task in settings["tasks"]]
+    for task in tasks:
+        for metric in METRICS:
+            cells = []
+            for model in models:
+                scores = model["zero_shot"]["tasks"][task]
+                cells.append(_format_accuracy(scores[metric], scores[f"{metric}_stderr"]) if metric in scores else None)
+            if all(cell is None for cell in cells):
+                continue  # metric not defined by lm-eval for this task (acc_norm of BoolQ, WinoGrande)
+            mark = HEADLINE_MARK if HEADLINE_METRIC[task] == metric else ""
+            rows.append([f"{TASK_LABELS[task]} {metric}{mark}", *(cell or "-" for cell in cells)])
+    if tasks:
+        label = f"mean of {len(tasks)} task{'s' if len(tasks) > 1 else ''} ({HEADLINE_MARK})"
+        rows.append([label, *(f"{100 * model['zero_shot']['mean']:.2f}" for model in models)])
+    rows.append(["wall time (s)", *(f"{model['load_s'] + model['wall_s']:.0f}" for model in models)])
+    return header, rows
+
+
+def notes(report: dict) -> list[str]:
+    """Lines that say how to read the table: subsets, metrics, data."""
+    settings = report["settings"]
+    lines = []
+    if settings["tasks"]:
+        if settings["task_limit"]:
+            subset = f"seeded random subsets of {settings['task_limit']} documents per task (seed {settings['seed']})"
+        else:
+            subset = "all documents"
+        lines.append(
+            f"Zero-shot: lm-eval {settings['versions']['lm_eval']}, 0-shot, {subset}, "
+            f"data from {settings['task_source']}; accuracies in %, ± standard error; "
+            f"{HEADLINE_MARK} the metric the papers report."
+        )
+    if any(source != "tasks" for source in report["data"]):
+        windows = f"first {settings['ppl_limit']} windows" if settings["ppl_limit"] else "all windows"
+        lines.append(f"Perplexity: non-overlapping {settings['seqlen']}-token windows, {windows}.")
+    return lines
+
+
+def print_table(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = table_rows(report)
+    table = Table(*header, title="slimllm eval")
+    for column in table.columns:
+        column.overflow = "fold"  # long model paths wrap instead of being cut to "…"
+    for column in table.columns[1:]:
+        column.justify = "right"
+    for row in rows:
+        table.add_row(*row)
+    console = console or Console()
+    console.print(table)
+    for line in notes(report):
+        console.print(line, style="dim")
+
+
+def markdown_table(report: dict) -> str:
+    header, rows = table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict) -> str:
+    """A results page: the command that produced it, its wall time, the table and how to read it."""
+    parts = ["# slimllm eval", ""]
+    if report.get("command"):
+        parts += ["```", report["command"], "```", ""]
+    parts += [f"Wall time: {report['wall_s']:.0f} s ({report['wall_s'] / 60:.1f} min)", ""]
+    if report.get("machine"):
+        parts += [f"Machine: {report['machine']}", ""]
+    parts += [markdown_table(report), ""]
+    parts += [f"- {line}" for line in notes(report)]
+    for source, info in report["data"].items():
+        if source != "tasks":
+            parts.append(f"- {source}: {info['origin']} (sha256 {info['sha256'][:16]}…)")
+    return "\n".join(parts) + "\n"
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temporary sibling so an interrupted run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(report: dict, path: str | os.PathLike) -> Path:
+    return write_text_atomic(path, json.dumps(report, indent=2) + "\n")
