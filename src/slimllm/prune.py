@@ -160,11 +160,11 @@ class _LayerPruner:
     def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
         self.adapter, self.method, self.config = adapter, method, config
         self.allocation, self.costs, self.device = allocation, costs, device
+        self.adds_bias = _adds_bias(method)
         self.surplus = 0.0  # parameters removed beyond the plan so far (kv heads that went with their queries)
 
     def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> LayerPlan:
-        adapter, config, costs = self.adapter, self.config, self.costs[index]
-        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+        attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
         record = LayerPlan(
             index=index,
             kept_heads=list(range(attn.num_heads)),
@@ -174,46 +174,49 @@ class _LayerPruner:
             ratio=self.allocation.ratios[index],
             cosine=cosine,
         )
-        num_units = self.allocation.units_to_prune[index]
-        if num_units:
-            before = count_parameters(adapter.attention_module(layer))
-            units = attention_units(attn.query_to_kv, config.gqa)
-            stats = collect_attention_stats(adapter, layer, batches, units, self.device)
-            selection = self.method.heads.select(stats, num_units)
-            kept_heads = sorted(h for u in selection.kept for h in units[u])
-            recovery = self.method.recovery.attention(stats, kept_heads)
-            record.kept_kv_heads, record.query_to_kv = prune_heads(adapter, layer, kept_heads)
-            record.kept_heads, record.head_scores = kept_heads, selection.scores
-            if recovery is not None:
-                recover_attention(adapter, layer, recovery)
-                record.attn_recovery = recovery
-            removed = before - count_parameters(adapter.attention_module(layer))
-            planned = removed_params(costs, num_units, 0, _adds_bias(self.method))
-            self.surplus += removed - planned
-
-        num_channels = self.allocation.channels_to_prune[index]
-        if num_channels:
-            # Spend or recover the surplus here, in whole channels, so the total stays on target.
-            adjust = round(self.surplus / costs.channel_params)
-            num_channels = min(mlp.width - 1, max(0, num_channels - adjust))
-        if num_channels:
-            before = count_parameters(adapter.mlp_module(layer))
-            stats = collect_mlp_stats(adapter, layer, batches, self.device)
-            selection = self.method.channels.select(stats, num_channels)
-            kept = selection.kept
-            paired = None
-            if self.method.recovery.needs_output_pass:
-                paired = collect_paired_outputs(adapter, layer, batches, kept, self.device)
-            recovery = self.method.recovery.mlp(stats, kept, paired)
-            prune_channels(adapter, layer, kept)
-            record.kept_channels = kept
-            if recovery is not None:
-                recover_mlp(adapter, layer, recovery)
-                record.mlp_recovery = recovery
-            removed = before - count_parameters(adapter.mlp_module(layer))
-            planned = removed_params(costs, 0, self.allocation.channels_to_prune[index], _adds_bias(self.method))
-            self.surplus += removed - planned
+        planned_units = self.allocation.units_to_prune[index]
+        planned_channels = self.allocation.channels_to_prune[index]
+        if planned_units:
+            removed = self._prune_attention(layer, batches, planned_units, record)
+            self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
+        if planned_channels:
+            # Spend or give back the surplus here, in whole channels, so the total stays on target.
+            adjust = round(self.surplus / self.costs[index].channel_params)
+            channels = min(mlp.width - 1, max(0, planned_channels - adjust))
+            removed = self._prune_mlp(layer, batches, channels, record) if channels else 0
+            self.surplus += removed - removed_params(self.costs[index], 0, planned_channels, self.adds_bias)
         return record
+
+    def _prune_attention(self, layer, batches, num_units: int, record: LayerPlan) -> int:
+        adapter, module = self.adapter, self.adapter.attention_module(layer)
+        before = count_parameters(module)
+        units = attention_units(adapter.attention(layer).query_to_kv, self.config.gqa)
+        stats = collect_attention_stats(adapter, layer, batches, units, self.device)
+        selection = self.method.heads.select(stats, num_units)
+        kept_heads = sorted(h for u in selection.kept for h in units[u])
+        recovery = self.method.recovery.attention(stats, kept_heads)  # from the dense o_proj, before surgery
+        record.kept_kv_heads, record.query_to_kv = prune_heads(adapter, layer, kept_heads)
+        record.kept_heads, record.head_scores = kept_heads, selection.scores
+        if recovery is not None:
+            recover_attention(adapter, layer, recovery)
+            record.attn_recovery = recovery
+        return before - count_parameters(adapter.attention_module(layer))
+
+    def _prune_mlp(self, layer, batches, num_channels: int, record: LayerPlan) -> int:
+        adapter = self.adapter
+        before = count_parameters(adapter.mlp_module(layer))
+        stats = collect_mlp_stats(adapter, layer, batches, self.device)
+        kept = self.method.channels.select(stats, num_channels).kept
+        paired = None
+        if self.method.recovery.needs_output_pass:
+            paired = collect_paired_outputs(adapter, layer, batches, kept, self.device)
+        recovery = self.method.recovery.mlp(stats, kept, paired)
+        prune_channels(adapter, layer, kept)
+        record.kept_channels = kept
+        if recovery is not None:
+            recover_mlp(adapter, layer, recovery)
+            record.mlp_recovery = recovery
+        return before - count_parameters(adapter.mlp_module(layer))
 
 
 def _adds_bias(method: Method) -> bool:
@@ -292,7 +295,6 @@ def prune(
             slim = slim.to(dtype)
     dense_params = count_parameters(slim)
     layers = slim_adapter.layers(slim)
-    dense_layer_params = [count_parameters(layer) for layer in layers]
 
     with timer.phase("capture_inputs"):
         layer0_inputs = capture_layer_inputs(slim, slim_adapter, data, config.batch_size, device)
@@ -317,15 +319,16 @@ def prune(
         allocation = allocator(cosines, costs, dense_params, config)
 
     prune_layer = _LayerPruner(slim_adapter, method, config, allocation, costs, device)
-    layer_plans, layer_seconds = [], []
+    layer_plans, layer_rows = [], []
     with timer.phase("prune_layers"):
         batches = layer0_inputs
         for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
-            start = time.perf_counter()
+            start, before = time.perf_counter(), count_parameters(layer)
             with on_device(layer, device):
-                layer_plans.append(prune_layer(index, layer, batches, cosines[index]))
+                record = prune_layer(index, layer, batches, cosines[index])
                 batches = run_layer(layer, batches)
-            layer_seconds.append(time.perf_counter() - start)
+            layer_plans.append(record)
+            layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
     slim_adapter.sync_config(slim)
 
     plan = PrunePlan(
@@ -340,35 +343,7 @@ def prune(
     )
     pruned_params = count_parameters(slim)
     timer.seconds["total"] = time.perf_counter() - wall_start
-    plan.report = build_report(
-        config, calib_info, allocation, layer_plans, layers, dense_layer_params, dense_params, pruned_params,
-        timer.seconds, layer_seconds,
-    )  # fmt: skip
-    return slim, plan
-
-
-def build_report(
-    config, calib_info, allocation, layer_plans, layers, dense_layer_params, dense_params, pruned_params, seconds,
-    layer_seconds,
-) -> dict:  # fmt: skip
-    per_layer = []
-    for record, layer, before, secs in zip(layer_plans, layers, dense_layer_params, layer_seconds, strict=True):
-        after = count_parameters(layer)
-        per_layer.append(
-            {
-                "layer": record.index,
-                "cosine": record.cosine,
-                "ratio": record.ratio,
-                "heads": len(record.kept_heads),
-                "kv_heads": len(record.kept_kv_heads),
-                "channels": len(record.kept_channels),
-                "params_before": before,
-                "params_after": after,
-                "realised_ratio": 1 - after / before,
-                "seconds": secs,
-            }
-        )
-    return {
+    plan.report = {
         "settings": config.to_dict(),
         "calibration": calib_info,
         "versions": _versions(),
@@ -386,6 +361,22 @@ def build_report(
             "alpha": allocation.alpha,
             "selected": allocation.selected,
         },
-        "layers": per_layer,
+        "layers": layer_rows,
+        "seconds": timer.seconds,
+    }
+    return slim, plan
+
+
+def _layer_row(record: LayerPlan, params_before: int, params_after: int, seconds: float) -> dict:
+    return {
+        "layer": record.index,
+        "cosine": record.cosine,
+        "ratio": record.ratio,
+        "heads": len(record.kept_heads),
+        "kv_heads": len(record.kept_kv_heads),
+        "channels": len(record.kept_channels),
+        "params_before": params_before,
+        "params_after": params_after,
+        "realised_ratio": 1 - params_after / params_before,
         "seconds": seconds,
     }
