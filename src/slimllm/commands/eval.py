@@ -100,7 +100,7 @@ def register(subparsers) -> None:
 
 def _plan(args) -> tuple[list[str], list[str]]:
     """Perplexity sources and tasks to run: both defaults when neither flag is given."""
-    from slimllm.eval.zero_shot import TASKS
+    from slimllm.eval.harness import TASKS
 
     if args.ppl is None and args.tasks is None:
         return ["wikitext2", "ptb"], list(TASKS)

