@@ -23,8 +23,7 @@ from slimllm.hub import hub_reachable
 
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
-# The metric the LLM-Pruner and SlimLLM tables report per task: length-normalised accuracy for the
-# tasks whose choices are long free-text continuations, plain accuracy elsewhere.
+# The metric the LLM-Pruner and SlimLLM tables report for each task (acc_norm: length-normalised).
 HEADLINE_METRIC = {
     "boolq": "acc",
     "piqa": "acc",
