@@ -207,3 +207,14 @@ def test_cli_prunes_a_local_model(tmp_path):
     assert main(["prune", *args]) == 2  # existing output folder
     assert main(["prune", str(tmp_path / "nope"), "--ratio", "0.2", "--output", str(tmp_path / "x")]) == 2
     assert main(["prune", str(src), "--ratio", "1.2", "--output", str(tmp_path / "y")]) == 2
+
+
+def test_a_pruned_model_can_be_pruned_again(tmp_path, calib_data):
+    from transformers import AutoModelForCausalLM
+
+    pruned, plan = slimllm.prune(tiny_llama(), None, _config(ratio=0.2), data=calib_data, progress=False)
+    reloaded = AutoModelForCausalLM.from_pretrained(slimllm.save(pruned, None, plan, tmp_path / "once"))
+    again, plan2 = slimllm.prune(reloaded, None, _config(ratio=0.2), data=calib_data, progress=False)
+    assert plan2.model_type == "slimllm_llama"
+    assert abs(plan2.report["params"]["removed"] - 0.2 * count_parameters(reloaded)) <= 3 * 48
+    assert count_parameters(again) < count_parameters(reloaded)
