@@ -88,6 +88,8 @@ def _first_jsonl_record(path: Path):
 def load_instructions(source: str) -> tuple[list[dict], dict]:
     """Validated examples ``{"instruction", "input", "output"}`` and a provenance record."""
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise DataFormatError(f"{path} is a folder; pass a .json/.jsonl file of examples or a hub dataset id")
     if path.suffix in INSTRUCTION_SUFFIXES or path.exists():
         if not path.is_file():
             raise DataFormatError(f"instruction data file not found: {path}")
@@ -156,7 +158,10 @@ def _hub_instruction_rows(name: str) -> list[dict]:
         )
     import datasets
 
-    dataset = datasets.load_dataset(name, split="train")
+    try:
+        dataset = datasets.load_dataset(name, split="train")
+    except (FileNotFoundError, ConnectionError, ValueError) as error:  # unknown id, network, bad split
+        raise DataFormatError(f"cannot load the hub dataset {name!r}: {error}") from error
     missing = {"instruction", "output"} - set(dataset.column_names)
     if missing:
         raise DataFormatError(

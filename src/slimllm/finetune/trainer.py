@@ -122,16 +122,31 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 class LossLogCallback(TrainerCallback):
-    """Rewrites a JSON log (``record`` + losses so far) at every logging step, on the main process."""
+    """Keeps a JSON log (``record`` + losses so far) up to date on the main process.
 
-    def __init__(self, path: str | Path, record: dict):
+    The whole log is rewritten, so on fast GPUs it is written at most every ``interval`` seconds,
+    and always after a validation and at the end.
+    """
+
+    def __init__(self, path: str | Path, record: dict, interval: float = 10.0):
         self.path = Path(path)
         self.record = record
+        self.interval = interval
+        self.last_write = float("-inf")
+
+    def write(self, state) -> None:
+        progress = {"status": "running", "step": state.global_step, "max_steps": state.max_steps}
+        write_json(self.path, {**self.record, **progress, "losses": loss_history(state.log_history)})
+        self.last_write = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        due = "eval_loss" in (logs or {}) or time.monotonic() - self.last_write >= self.interval
+        if state.is_world_process_zero and due:
+            self.write(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            progress = {"status": "running", "step": state.global_step, "max_steps": state.max_steps}
-            write_json(self.path, {**self.record, **progress, "losses": loss_history(state.log_history)})
+            self.write(state)
 
 
 class LossProgressCallback(ProgressCallback):
