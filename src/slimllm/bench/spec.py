@@ -1,0 +1,162 @@
+"""What a benchmark run measures: its settings (:class:`BenchSpec`) and its cells (:class:`Cell`).
+
+A cell is one pruned model: a row label (method or ablation), a target ratio and a calibration
+seed. Cells are independent and resumable: each one's numbers go to ``cells/KEY.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from slimllm.eval.harness import TASKS
+
+# SlimLLM's ablations (method.md, the paper's Table 5) as PruneConfig overrides.
+ABLATIONS: dict[str, dict] = {
+    "no-greedy": {"greedy": False},
+    "no-feature-space": {"feature_space": False},
+    "no-regression": {"regression": False},
+    "uniform": {"uniform": True},
+    "keep-lowest-0": {"keep_lowest": 0.0},
+}
+ABLATION_FLAGS = {
+    "no-greedy": "--no-greedy",
+    "no-feature-space": "--no-feature-space",
+    "no-regression": "--no-regression",
+    "uniform": "--uniform",
+    "keep-lowest-0": "--keep-lowest 0",
+}
+DEFAULT_METHODS = ("slimllm", "magnitude", "wanda-sp", "flap", "taylor", "random")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (row, ratio, seed) of the benchmark."""
+
+    label: str  # the row: a method name, "slimllm --no-greedy", "slimllm --round-to 8", or "dense"
+    kind: str  # dense | main | ablation | round_to
+    ratio: float | None = None
+    seed: int | None = None
+    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    zero_shot: bool = True  # run the zero-shot tasks (perplexity always runs)
+    speed: bool = True  # measure speed unless a finished cell of the same shapes already did
+
+    @property
+    def key(self) -> str:
+        if self.kind == "dense":
+            return "dense"
+        name = re.sub(r"\s+-+", "_", self.label).replace("@", "-at-")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+        return f"{name}__r{self.ratio:g}__s{self.seed}"
+
+
+@dataclass
+class BenchSpec:
+    """Every setting of a ``slimllm bench`` run; everything but the cell list, the output folder
+    and the time budget must match for a finished cell to be reused."""
+
+    model: str
+    out: str
+    ratios: list[float] = field(default_factory=lambda: [0.2, 0.5])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    ablations: bool = False
+    seeds: list[int] = field(default_factory=lambda: [42])
+    seed_eval: str = "all"  # for seeds after the first: "all" (ppl + zero-shot) or "ppl"
+    round_to: list[int] = field(default_factory=list)  # extra "slimllm --round-to N" rows
+    # evaluation
+    ppl: list[str] = field(default_factory=lambda: ["wikitext2", "ptb"])
+    seqlen: int = 128
+    ppl_limit: int | None = None
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    task_limit: int | None = None
+    task_seed: int = 0
+    task_source: str = "auto"
+    eval_batch_size: int = 8
+    # pruning
+    calib: str = "bookcorpus"
+    nsamples: int = 32
+    calib_seqlen: int = 128
+    batch_size: int = 8
+    gqa: str = "query"
+    # speed
+    speed: bool = True
+    speed_runs: int = 3
+    prefill_tokens: int = 512
+    decode_tokens: int = 128
+    decode_prompt: int = 128
+    # machine
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    budget_minutes: float | None = None
+
+    def validate(self) -> None:
+        if not self.ratios or any(not 0 < r < 1 for r in self.ratios):
+            raise ValueError(f"ratios must lie in (0, 1), got {self.ratios}")
+        if not self.methods and not self.ablations and not self.round_to:
+            raise ValueError("nothing to benchmark: give --methods, --ablations or --round-to")
+        if not self.seeds:
+            raise ValueError("need at least one calibration seed")
+        if self.seed_eval not in ("all", "ppl"):
+            raise ValueError(f"seed_eval must be 'all' or 'ppl', got {self.seed_eval!r}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"a method is listed twice: {self.methods}")
+        from slimllm.methods import parse_method
+
+        for method in self.methods:
+            parse_method(method)
+        if self.speed_runs < 1 or self.prefill_tokens < 1 or self.decode_tokens < 1 or self.decode_prompt < 1:
+            raise ValueError("speed runs and token counts must be positive")
+
+    def fingerprint(self) -> dict:
+        """The settings that decide a cell's numbers (a finished cell is reused only if equal)."""
+        data = asdict(self)
+        for name in ("out", "ratios", "methods", "ablations", "seeds", "seed_eval", "round_to", "budget_minutes"):
+            data.pop(name)
+        data["speed"] = {
+            k: data.pop(k) for k in ("speed", "speed_runs", "prefill_tokens", "decode_tokens", "decode_prompt")
+        }
+        return data
+
+    def prune_overrides(self) -> dict:
+        return {
+            "calib": self.calib,
+            "nsamples": self.nsamples,
+            "seqlen": self.calib_seqlen,
+            "batch_size": self.batch_size,
+            "gqa": self.gqa,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+    def cells(self) -> list[Cell]:
+        """Dense first; then every cell of the first seed (main rows, ablations, round-to rows),
+        ratio by ratio; then the main rows of the other seeds. An interrupted run thus has the
+        complete single-seed table first."""
+        first, *others = self.seeds
+        cells = [Cell("dense", "dense")]
+        for ratio in self.ratios:
+            cells += [Cell(m, "main", ratio, first, {"method": m}) for m in self.methods]
+            if self.ablations:
+                cells += [
+                    Cell(
+                        f"slimllm {ABLATION_FLAGS[name]}",
+                        "ablation",
+                        ratio,
+                        first,
+                        {"method": "slimllm", **o},
+                        speed=False,
+                    )
+                    for name, o in ABLATIONS.items()
+                ]
+            cells += [
+                Cell(f"slimllm --round-to {n}", "round_to", ratio, first, {"method": "slimllm", "round_to": n})
+                for n in self.round_to
+            ]
+        for seed in others:
+            for ratio in self.ratios:
+                cells += [
+                    Cell(m, "main", ratio, seed, {"method": m}, zero_shot=self.seed_eval == "all", speed=False)
+                    for m in self.methods
+                ]
+        return cells
