@@ -368,3 +368,20 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(model_dir, instruct
     resumed_weights = slimllm.load(tmp_path / "resumed")[0].state_dict()
     for name, value in full_weights.items():
         torch.testing.assert_close(resumed_weights[name], value)
+
+
+def test_two_processes_train_as_one_ddp_group_and_one_writes(model_dir, instructions, tmp_path):
+    import subprocess
+    import sys
+
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "slimllm", "finetune", str(model_dir), "--data", instructions, "--output", str(output)]
+    command += ["--max-steps", "2", "--eval-steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--quiet"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    log = json.loads((output / FINETUNE_LOG).read_text())
+    assert log["training"]["world_size"] == 2
+    assert log["training"]["gradient_accumulation_steps"] == 1  # 4 = 2 processes × micro-batch 2
+    assert log["result"]["global_step"] == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ddp"]  # no stray temp or checkpoint folders

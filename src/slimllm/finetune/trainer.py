@@ -27,6 +27,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6 knows CUDA, MPS, XPU, ...
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def resolve_precision(precision: str, use_cpu: bool = False) -> str:
     """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU."""
     if precision != "auto":
@@ -48,6 +53,9 @@ def training_arguments(
     """The recipe as TrainingArguments: validate and checkpoint every ``eval_steps``, keep the best."""
     from transformers import TrainingArguments
 
+    # Without an accelerator the Trainer must be told it runs on CPU, or several processes
+    # (torchrun --nproc_per_node N) would each train alone instead of as one DDP group (gloo).
+    use_cpu = use_cpu or not accelerator_available()
     precision = resolve_precision(config.precision, use_cpu)
     best = has_validation and config.best_by_validation
     return TrainingArguments(
