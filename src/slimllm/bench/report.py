@@ -114,6 +114,7 @@ def standings(rows: list[dict], reference: str = "slimllm") -> list[dict]:
                     continue
                 higher_better = metric == "acc"
                 ahead = a["mean"] > b["mean"] if higher_better else a["mean"] < b["mean"]
+                tied = a["mean"] == b["mean"]
                 diff = abs(a["mean"] - b["mean"])
                 if metric == "acc":
                     errors = [e for e in (ref["acc_stderr"], other["acc_stderr"]) if e is not None]
@@ -131,6 +132,7 @@ def standings(rows: list[dict], reference: str = "slimllm") -> list[dict]:
                         "reference": a["mean"],
                         "other": b["mean"],
                         "ahead": ahead,
+                        "tied": tied,
                         "within_noise": noise is not None and diff < noise,
                         "noise": noise,
                         "noise_kind": noise_kind,
@@ -197,7 +199,12 @@ def _pct(ratio) -> str:
 def markdown(results: dict) -> str:
     spec, rows, dense = results["settings"], results["rows"], results["dense"]
     lines = [f"# `slimllm bench` on {results['model']}", ""]
-    if results.get("command"):
+    runs = results.get("invocations") or []
+    if runs:
+        lines += ["Measured by:", "", "```"]
+        lines += [f"{run['command']}    # {run['wall_s'] / 60:.1f} min, {run['cells_run']} cells" for run in runs]
+        lines += ["```", ""]
+    elif results.get("command"):
         lines += ["```", results["command"], "```", ""]
     wall = results["wall_s"]
     lines += [
@@ -256,7 +263,7 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
     calib = "the calibration text"
     cal = (dense or {}).get("calibration")
     if cal:
-        calib = cal.get("source", calib)
+        calib = cal.get("origin") or cal.get("source") or calib
     seeds = spec.get("seeds_run") or []
     out.append(
         f"Calibration: {spec['nsamples']} windows of {spec['calib_seqlen']} tokens from `{spec['calib']}` "
@@ -303,7 +310,7 @@ def _quality_table(rows: list[dict], ratio, dense: dict | None, ppl_sources: lis
     header += [f"{PPL_NAMES.get(s, s)} PPL ↓" for s in ppl_sources]
     header += ["avg acc % ↑"] if tasks else []
     header += [TASK_NAMES.get(t, t) for t in tasks]
-    header += ["prune s", "peak RSS MiB"]
+    header += ["prune s", "peak RSS MiB (+ during pruning)"]
     lines = [f"## {_pct(ratio)} of the parameters removed", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))
     if dense:
@@ -328,7 +335,10 @@ def _quality_table(rows: list[dict], ratio, dense: dict | None, ppl_sources: lis
                 acc += f" (seed {','.join(map(str, row['acc_seeds']))})"
             cells.append(acc)
             cells += [_fmt(row["tasks"].get(t), 1, 100) for t in tasks]
-        cells += [_fmt(row["prune_s"], 1), _fmt(row["rss_peak_mib"], 0)]
+        rss = _fmt(row["rss_peak_mib"], 0)
+        if row["rss_increase_mib"]:
+            rss += f" (+{row['rss_increase_mib']['mean']:.0f})"
+        cells += [_fmt(row["prune_s"], 1), rss]
         lines.append("| " + " | ".join(cells) + " |")
     stderr = [r["acc_stderr"] for r in rows if r["ratio"] == ratio and r["acc_stderr"]]
     lines.append("")
@@ -345,20 +355,20 @@ def _standings_text(standings: list[dict]) -> list[str]:
     lines = ["## Where SlimLLM stands", ""]
     for ratio in sorted({s["ratio"] for s in standings}):
         items = [s for s in standings if s["ratio"] == ratio]
-        behind = [s for s in items if not s["ahead"]]
-        ahead_all = not behind
+        behind = [s for s in items if not s["ahead"] and not s["tied"]]
+        ahead_all = not behind and not any(s["tied"] for s in items)
         lines.append(
             f"**{_pct(ratio)}**: SlimLLM is "
             + (
-                "ahead of every baseline on every metric."
+                "ahead of every baseline on every metric:"
                 if ahead_all
-                else f"behind on {len(behind)} of {len(items)} comparisons:"
+                else f"behind on {len(behind)} and tied on {sum(s['tied'] for s in items)} of {len(items)} comparisons:"
             )
         )
         for s in items:
             name = "avg acc %" if s["metric"] == "acc" else f"{PPL_NAMES.get(s['metric'], s['metric'])} PPL"
             scale = 100 if s["metric"] == "acc" else 1
-            verdict = "ahead" if s["ahead"] else "**behind**"
+            verdict = "ahead" if s["ahead"] else ("tied" if s["tied"] else "**behind**")
             noise = " (within noise: " + s["noise_kind"] + ")" if s["within_noise"] else ""
             lines.append(
                 f"- vs {s['baseline']}, {name}: SlimLLM {s['reference'] * scale:.2f} vs {s['other'] * scale:.2f} "
