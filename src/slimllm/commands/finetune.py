@@ -129,7 +129,7 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"training loss {losses['train'][0]['loss']:.4f} → {losses['train'][-1]['loss']:.4f}")
     if losses["validation"]:
         best = result["best_validation_loss"]
-        best_text = f", best {best:.4f}" if best is not None else ""
+        best_text = f", best {best:.4f} (step {result['best_step']}, kept)" if best is not None else ""
         lines.append(
             f"validation loss {losses['validation'][0]['loss']:.4f} → {losses['validation'][-1]['loss']:.4f}{best_text}"
         )

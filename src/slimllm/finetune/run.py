@@ -23,7 +23,7 @@ from slimllm.config import ConfigError
 from slimllm.finetune.config import FinetuneConfig
 from slimllm.finetune.data import FinetuneData, prepare_data
 from slimllm.finetune.lora import attach_lora, merge_lora
-from slimllm.finetune.trainer import build_trainer, resolve_precision, train, world_size, write_json
+from slimllm.finetune.trainer import build_trainer, train, world_size, write_json
 from slimllm.io import REPORT_FILE, OutputExistsError, atomic_output_dir, load, save
 from slimllm.modeling import SlimLlamaConfig
 from slimllm.plan import PLAN_FILE, PrunePlan
@@ -117,7 +117,7 @@ def finetune(
         quiet=quiet,
         use_cpu=use_cpu,
     )
-    record["training"] = _training_record(trainer, config, resume_from, use_cpu)
+    record["training"] = _training_record(trainer, resume_from)
     result = train(trainer, resume_from)
     clock.lap("train")
     record.update(status="done", losses=result.pop("losses"), result=result)
@@ -239,12 +239,12 @@ def _base_record(model_source, model, peft_model, plan, data, config, output, wo
     return record
 
 
-def _training_record(trainer, config: FinetuneConfig, resume_from: str | None, use_cpu: bool) -> dict:
+def _training_record(trainer, resume_from: str | None) -> dict:
     args = trainer.args
     return {
         "device": str(args.device),
         "world_size": args.world_size,
-        "precision": resolve_precision(config.precision, use_cpu),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "micro_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
