@@ -82,3 +82,26 @@ def test_uniform_gives_one_ratio():
 def test_unreachable_target_is_a_clear_error():
     with pytest.raises(AllocationError, match="cannot remove"):
         allocate(_cosines(), [SMOL_QUERY] * LAYERS, TOTAL, ratio=0.7, pruned_layers=5)
+
+
+def test_closing_the_gap_converges_when_it_is_exactly_half_a_channel():
+    """Regression: a gap of exactly half a channel used to push every layer to the cap."""
+    from slimllm.allocation import _close_gap
+
+    costs = [SMOL_QUERY] * 3
+    channels = {0: 400, 1: 500, 2: 600}
+    ratios = {0: 0.3, 1: 0.4, 2: 0.5}
+    half = SMOL_QUERY.channel_params / 2
+    assert _close_gap(half, channels, ratios, costs, 0.9) == channels
+    assert _close_gap(half + 1, channels, ratios, costs, 0.9) == {0: 400, 1: 500, 2: 601}
+    assert _close_gap(-2.6 * SMOL_QUERY.channel_params, channels, ratios, costs, 0.9) == {0: 399, 1: 499, 2: 599}
+
+
+def test_solver_on_real_smollm2_cosines_hits_target():
+    """The layer cosines measured on SmolLM2-135M (dense, LAMBADA calibration) at 0.5."""
+    cos = [0.0094, 0.8168, 0.9571, 0.9665, 0.9648, 0.9652, 0.9647, 0.9632, 0.9542, 0.9606, 0.9522, 0.9544,
+           0.9692, 0.9733, 0.974, 0.9715, 0.9691, 0.9755, 0.9629, 0.9589, 0.9455, 0.9541, 0.9543, 0.952, 0.8505,
+           0.9753, 0.9707, 0.9564, 0.9498, 0.7586]  # fmt: skip
+    for ratio in (0.2, 0.3, 0.4, 0.5):
+        result = allocate(cos, [SMOL_QUERY] * LAYERS, TOTAL, ratio=ratio)
+        assert abs(result.planned_removed - ratio * TOTAL) <= SMOL_QUERY.channel_params

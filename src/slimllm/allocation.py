@@ -164,21 +164,20 @@ def _close_gap(
     gap: float, channels: dict[int, int], ratios: dict[int, float], costs: list[LayerCosts], cap: float
 ) -> dict[int, int]:
     """Prune (gap > 0) or restore (gap < 0) single channels, spread over the layers with the
-    highest ratios first, until the gap is under one channel."""
+    highest ratios first, until the gap is at most half a channel."""
     channels = dict(channels)
     order = sorted(channels, key=lambda i: (-ratios[i], i))
-    step = 1 if gap > 0 else -1
-    for _ in range(sum(c.width for c in costs)):
+    while True:
         moved = False
         for i in order:
             per_channel = costs[i].channel_params
-            if abs(gap) < per_channel / 2:
+            if abs(gap) <= per_channel / 2:
                 return channels
+            step = 1 if gap > 0 else -1  # each move shrinks |gap|, so this cannot overshoot and loop
             new = channels[i] + step
             if 0 <= new <= math.floor(cap * costs[i].width) and new < costs[i].width:
                 channels[i] = new
                 gap -= step * per_channel
                 moved = True
         if not moved:
-            break
-    return channels
+            return channels
