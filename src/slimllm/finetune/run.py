@@ -19,6 +19,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 from slimllm.config import ConfigError
 from slimllm.finetune.config import FinetuneConfig
 from slimllm.finetune.data import FinetuneData, prepare_data
@@ -244,6 +246,7 @@ def _training_record(trainer, resume_from: str | None) -> dict:
     return {
         "device": str(args.device),
         "world_size": args.world_size,
+        "cpu_threads": torch.get_num_threads(),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "micro_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
