@@ -7,7 +7,6 @@ channels → surgery + regression → the pruned layer's outputs feed the next l
 
 from __future__ import annotations
 
-import functools
 import platform
 import time
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from slimllm.allocation import Allocation, LayerCosts, allocate, removed_params
+from slimllm.allocation import Allocation, LayerCosts, removed_params
 from slimllm.calibrate import (
     LayerBatch,
     StopForward,
@@ -29,7 +28,7 @@ from slimllm.config import PruneConfig
 from slimllm.data.sources import calibration_windows
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.io import resolve_dtype
-from slimllm.methods import Method, NoRecovery, build_method, paired_output_hook
+from slimllm.methods import Method, NoRecovery, _allocate_with, build_method, paired_output_hook
 from slimllm.modeling import SlimLlamaForCausalLM
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
@@ -224,23 +223,6 @@ def _adds_bias(method: Method) -> bool:
     return type(method.recovery) is not NoRecovery
 
 
-def _eq11_allocation(
-    cosines, costs, dense_params, config: PruneConfig, *, adds_bias: bool, uniform: bool
-) -> Allocation:
-    return allocate(
-        cosines,
-        costs,
-        dense_params,
-        ratio=config.ratio,
-        pruned_layers=config.layers,
-        alpha=config.alpha,
-        max_layer_ratio=config.max_layer_ratio,
-        uniform=uniform,
-        regression=adds_bias,
-        round_to=config.round_to,
-    )
-
-
 def _versions() -> dict:
     import transformers
 
@@ -313,8 +295,8 @@ def prune(
 
     with timer.phase("allocation"):
         costs = layer_costs(slim, slim_adapter, config.gqa)
-        allocator = method.allocator or functools.partial(
-            _eq11_allocation, adds_bias=_adds_bias(method), uniform=config.uniform or method.uniform_ratios
+        allocator = method.allocator or _allocate_with(
+            uniform=config.uniform or method.uniform_ratios, adds_bias=_adds_bias(method)
         )
         allocation = allocator(cosines, costs, dense_params, config)
 
