@@ -79,3 +79,13 @@ def test_generation_with_cache_equals_recomputation():
     cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
     uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached) and cached.shape[1] == 15
+
+
+def test_return_dict_none_gives_an_output_object():
+    """peft calls the model with return_dict=None, which must mean the default (an output object)."""
+    torch.manual_seed(2)
+    model = SlimLlamaForCausalLM(_uneven_config()).eval()
+    ids = torch.randint(0, VOCAB, (1, 5))
+    with torch.no_grad():
+        assert model(input_ids=ids, return_dict=None).logits.shape == (1, 5, VOCAB)
+        assert isinstance(model(input_ids=ids, return_dict=False), tuple)

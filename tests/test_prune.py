@@ -218,3 +218,15 @@ def test_a_pruned_model_can_be_pruned_again(tmp_path, calib_data):
     assert plan2.model_type == "slimllm_llama"
     assert abs(plan2.report["params"]["removed"] - 0.2 * count_parameters(reloaded)) <= 3 * 48
     assert count_parameters(again) < count_parameters(reloaded)
+
+
+def test_saved_folder_is_not_private(tmp_path, calib_data):
+    pruned, plan = slimllm.prune(tiny_llama(), None, _config(), data=calib_data, progress=False)
+    out = slimllm.save(pruned, None, plan, tmp_path / "shared")
+    assert out.stat().st_mode & 0o055 == 0o055 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

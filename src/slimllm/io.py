@@ -160,6 +160,7 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
         raise OutputExistsError(f"output folder {path} already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; the output should not be
     try:
         yield tmp
     except BaseException:
@@ -172,6 +173,12 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save(

@@ -349,7 +349,7 @@ class SlimLlamaForCausalLM(SlimLlamaPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        return_dict = kwargs.pop("return_dict", True)
+        return_dict = kwargs.pop("return_dict", None) is not False  # peft passes None: means the default, a dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
