@@ -148,7 +148,8 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
 
 
 def _looks_like_local_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep in text.split("/", 1)[-1]
+    """Hub ids are ``name`` or ``org/name``; anything else that does not exist is a missing path."""
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith((".gguf", ".safetensors"))
 
 
 # -- saving -------------------------------------------------------------------------------------
