@@ -94,6 +94,7 @@ def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypat
         assert abs(row["realised_ratio"]["mean"] - 0.3) < 0.02
     cell = json.loads((out / "cells" / "magnitude__r0.3__s1.json").read_text())
     assert cell["config"]["method"] == "magnitude" and cell["prune"]["memory"]["rss_peak_mib"] > 0
+    assert len(cell["code"]["src_sha256"]) == 16 and list(saved["settings"]["code_versions"].values()) == [3]
     assert cell["speed"]["dense"]["prefill_s"] > 0 and cell["speed"]["decode_tokens"] == 2
     assert len(cell["layers"]) == 4 and cell["eval"]["zero_shot"]["tasks"]["piqa"]["documents"] == 2
     markdown = (out / "results.md").read_text()

@@ -114,7 +114,8 @@ def standings(rows: list[dict], reference: str = "slimllm") -> list[dict]:
                     continue
                 higher_better = metric == "acc"
                 ahead = a["mean"] > b["mean"] if higher_better else a["mean"] < b["mean"]
-                tied = a["mean"] == b["mean"]
+                tied = math.isclose(a["mean"], b["mean"], rel_tol=1e-9, abs_tol=1e-12)
+                ahead = ahead and not tied
                 diff = abs(a["mean"] - b["mean"])
                 if metric == "acc":
                     errors = [e for e in (ref["acc_stderr"], other["acc_stderr"]) if e is not None]
@@ -209,7 +210,8 @@ def markdown(results: dict) -> str:
     wall = results["wall_s"]
     lines += [
         f"Wall time: {wall['invocations'] / 60:.1f} min over {len(results['invocations'])} invocation(s) of the "
-        f"command (resumed runs add up); {wall['cells_total'] / 60:.1f} min of it measuring the cells. "
+        f"command (resumed runs add up); the cells themselves took {wall['cells_total'] / 60:.1f} min "
+        "(more than the wall time where invocations ran in parallel). "
         f"Machine: {_machine(results['machine'])}.",
         "",
         "**What was measured** (identical for every row):",
@@ -297,6 +299,11 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
             f"of {sp['speed_runs']} runs, pruned and dense models alternating; speed-up = dense time / pruned time "
             "(the dense model runs in the same model class). Ideal = dense / pruned parameter count."
         )
+    codes = spec.get("code_versions") or {}
+    if codes:
+        described = "; ".join(f"`{sha}` ({n} cells)" for sha, n in codes.items())
+        note = "" if len(codes) == 1 else " — more than one: compare rows measured with the same code"
+        out.append(f"Code (hash of the pruning and evaluation sources): {described}{note}.")
     out.append(
         "Params: all parameters, embeddings included (tied embeddings once); the ratio column is the realised "
         "fraction removed. Prune time: wall time of `slimllm.prune` (calibration, statistics, surgery); peak RSS: "
@@ -430,6 +437,14 @@ def _speed_table(speed: list[dict], settings: dict) -> list[str]:
 
 
 # -- plots -----------------------------------------------------------------------------------------
+def _code_versions(records: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        sha = (record.get("code") or {}).get("src_sha256") or "not recorded"
+        counts[sha] = counts.get(sha, 0) + 1
+    return counts
+
+
 def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
     """Write the PNG plots that the data allows; returns {name: file name}."""
     try:
@@ -446,7 +461,7 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
         key=lambda r: r["ratio"],
     )
     if slim:
-        fig, ax = plt.subplots(figsize=(9, 4.2))
+        fig, ax = plt.subplots(figsize=(9, 5))
         layers = [row["layer"] for row in slim[0]["layers"]]
         cos = [row["cosine"] for row in slim[0]["layers"]]
         ax.plot(layers, cos, "k-o", markersize=3, label="input/output cosine (dense)")
@@ -477,7 +492,10 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
         ax2.set_ylabel("pruning ratio of the layer")
         handles = ax.get_legend_handles_labels()
         handles2 = ax2.get_legend_handles_labels()
-        ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="upper left")
+        ax.legend(
+            handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7,
+            loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+        )  # fmt: skip
         ax.set_title(f"{results['model']}: layer cosine and allocated ratio")
         fig.tight_layout()
         fig.savefig(out / PLOTS["layers"], dpi=110)
@@ -497,6 +515,8 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
                 )
                 if not pts:
                     continue
+                if dense:  # every line starts from the dense model at 0%
+                    pts.insert(0, (0.0, {"mean": dense["eval"]["perplexity"][source]["ppl"], "std": None}))
                 kind = next(r["kind"] for r in rows if r["label"] == label)
                 style = "-o" if kind == "main" else ":x"
                 ax.errorbar(
@@ -521,6 +541,8 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
             pts = sorted((r["ratio"], r["acc"]) for r in rows if r["label"] == label and r["acc"])
             if not pts:
                 continue
+            if dense and dense["eval"].get("zero_shot"):
+                pts.insert(0, (0.0, {"mean": dense["eval"]["zero_shot"]["mean"], "std": None}))
             kind = next(r["kind"] for r in rows if r["label"] == label)
             ax.errorbar(
                 [p[0] * 100 for p in pts], [100 * p[1]["mean"] for p in pts],
@@ -571,6 +593,7 @@ def write_outputs(spec, records: list[dict], *, out: Path, command, invocations:
         "round_to": spec.round_to,
         "budget_minutes": spec.budget_minutes,
         "tasks_ordered": [t for t in TASKS if t in spec.tasks],
+        "code_versions": _code_versions(records),
     }
     cell_wall = sum(sum((r.get("wall_s") or {}).values()) for r in records)
     results = {

@@ -106,6 +106,7 @@ class Bench:
         self.cells_dir = self.out / CELLS_DIR
         self.log = log or (lambda text: tqdm.write(text))
         self.fingerprint = spec.fingerprint()
+        self.code = code_version()
         self._dense_slim = None
         self._speed_cache: dict[str, dict] = {}
 
@@ -264,6 +265,7 @@ class Bench:
             "ratio": cell.ratio,
             "seed": cell.seed,
             "fingerprint": self.fingerprint,
+            "code": self.code,
             "finished_at": _now(),
         }
 
@@ -334,6 +336,31 @@ class Bench:
             skipped=skipped,
             machine=measure.machine_info(spec.threads),
         )
+
+
+def code_version() -> dict:
+    """A hash of the sources the numbers depend on (pruning, models, data, evaluation; not the
+    CLI, fine-tuning or this benchmark's reporting) and the git commit, if any. Cells measured
+    with different code show up in the report."""
+    import hashlib
+    import subprocess
+
+    import slimllm
+
+    root = Path(slimllm.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.suffix not in (".py", ".yaml") or relative.parts[0] in ("finetune", "commands", "bench"):
+            continue
+        digest.update(str(relative).encode() + b"\0" + path.read_bytes())
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"src_sha256": digest.hexdigest()[:16], "git": git}
 
 
 def _release_memory() -> None:
