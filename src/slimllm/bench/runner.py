@@ -311,6 +311,10 @@ class Bench:
                         self.log(f"bench: time budget of {spec.budget_minutes:g} min used; {len(skipped)} cells left")
                         break
                     bar.set_postfix_str(cell.key)
+                    finished = self.load_record(cell)  # another invocation sharing the folder may have done it
+                    if not self.redo and self.is_finished(cell, finished):
+                        records[cell.key] = finished
+                        continue
                     record = self.run_dense(cell) if cell.kind == "dense" else self.run_cell(cell)
                     _write_json(self._path(cell), record)
                     records[cell.key] = record
