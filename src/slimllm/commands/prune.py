@@ -18,7 +18,12 @@ def register(subparsers) -> None:
     p.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, in (0, 1)")
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--method", default="slimllm", help="importance criterion")
+    p.add_argument(
+        "--method",
+        default="slimllm",
+        help="slimllm | magnitude | wanda-sp | flap | taylor | random; NAME@slimllm, NAME@uniform or "
+        "NAME@flap overrides the layer ratios the method was published with",
+    )
     p.add_argument(
         "--calib", default="bookcorpus", help="bookcorpus | lambada | FILE.txt | FILE.jsonl | hf:NAME[:CONFIG]"
     )
