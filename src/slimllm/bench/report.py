@@ -7,17 +7,8 @@ import statistics
 from pathlib import Path
 
 from slimllm.eval.harness import TASKS
+from slimllm.eval.report import PPL_LABELS, TASK_LABELS
 
-TASK_NAMES = {
-    "boolq": "BoolQ",
-    "piqa": "PIQA",
-    "hellaswag": "HellaSwag",
-    "winogrande": "WinoGrande",
-    "arc_easy": "ARC-e",
-    "arc_challenge": "ARC-c",
-    "openbookqa": "OBQA",
-}
-PPL_NAMES = {"wikitext2": "WikiText-2", "ptb": "PTB"}
 # Accuracy of guessing (answer choices per question; ARC has a few 3- and 5-choice questions).
 CHANCE = {
     "boolq": 0.5,
@@ -278,7 +269,7 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
     limit = spec["ppl_limit"]
     windows = f"the first {limit} windows" if limit else "all windows"
     out.append(
-        f"Perplexity: {', '.join(PPL_NAMES.get(s, s) for s in spec['ppl'])}, {windows} of {spec['seqlen']} "
+        f"Perplexity: {', '.join(PPL_LABELS.get(s, s) for s in spec['ppl'])}, {windows} of {spec['seqlen']} "
         "tokens (LLM-Pruner protocol: texts joined with blank lines, non-overlapping windows, exp of the mean NLL)."
     )
     if spec["tasks"]:
@@ -288,7 +279,7 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
             else "all documents"
         )
         out.append(
-            f"Zero-shot (lm-eval, 0-shot): {', '.join(TASK_NAMES.get(t, t) for t in spec['tasks'])}; {docs} "
+            f"Zero-shot (lm-eval, 0-shot): {', '.join(TASK_LABELS.get(t, t) for t in spec['tasks'])}; {docs} "
             f"(subset seed {spec['task_seed']}, the same documents for every model); acc for BoolQ, PIQA, "
             "WinoGrande, ARC-e, acc_norm for HellaSwag, ARC-c, OBQA; the average is their plain mean. "
             "Chance level of the average ≈ "
@@ -318,9 +309,9 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
 
 def _quality_table(rows: list[dict], ratio, dense: dict | None, ppl_sources: list[str], tasks: list[str]) -> list[str]:
     header = ["method", "seeds", "params (M)", "removed"]
-    header += [f"{PPL_NAMES.get(s, s)} PPL ↓" for s in ppl_sources]
+    header += [f"{PPL_LABELS.get(s, s)} PPL ↓" for s in ppl_sources]
     header += ["avg acc % ↑"] if tasks else []
-    header += [TASK_NAMES.get(t, t) for t in tasks]
+    header += [TASK_LABELS.get(t, t) for t in tasks]
     header += ["prune s (min over seeds)", "peak RSS MiB (+ during pruning)"]
     lines = [f"## {_pct(ratio)} of the parameters removed", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))
@@ -378,7 +369,7 @@ def _standings_text(standings: list[dict]) -> list[str]:
             )
         )
         for s in items:
-            name = "avg acc %" if s["metric"] == "acc" else f"{PPL_NAMES.get(s['metric'], s['metric'])} PPL"
+            name = "avg acc %" if s["metric"] == "acc" else f"{PPL_LABELS.get(s['metric'], s['metric'])} PPL"
             scale = 100 if s["metric"] == "acc" else 1
             verdict = "ahead" if s["ahead"] else ("tied" if s["tied"] else "**behind**")
             noise = " (within noise: " + s["noise_kind"] + ")" if s["within_noise"] else ""
@@ -393,7 +384,7 @@ def _standings_text(standings: list[dict]) -> list[str]:
 def _ablation_table(ablations: list[dict], ppl_sources: list[str]) -> list[str]:
     header = ["ratio", "variant"]
     for s in ppl_sources:
-        header += [f"{PPL_NAMES.get(s, s)} PPL", "Δ"]
+        header += [f"{PPL_LABELS.get(s, s)} PPL", "Δ"]
     header += ["avg acc %", "Δ"]
     lines = ["## What each ablation costs (same calibration seed as the full method)", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -532,8 +523,8 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
                 ax.axhline(dense["eval"]["perplexity"][source]["ppl"], color="gray", linestyle="--", label="dense")
             ax.set_yscale("log")
             ax.set_xlabel("parameters removed (%)")
-            ax.set_ylabel(f"{PPL_NAMES.get(source, source)} perplexity (log)")
-            ax.set_title(PPL_NAMES.get(source, source))
+            ax.set_ylabel(f"{PPL_LABELS.get(source, source)} perplexity (log)")
+            ax.set_title(PPL_LABELS.get(source, source))
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / PLOTS["perplexity"], dpi=110)

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from slimllm.commands.eval import parse_limit
+
 EXAMPLES = """\
 examples:
   slimllm bench smollm2-135m --ratios 0.2,0.5 --methods slimllm,magnitude,wanda-sp,flap,taylor,random \\
@@ -37,18 +39,6 @@ def _names(text: str) -> list[str]:
     return [] if text.strip().lower() == "none" else [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _limit(text: str) -> int | None:
-    if text.lower() in ("all", "none"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
-    return value
-
-
 def register(subparsers) -> None:
     from slimllm.bench.spec import DEFAULT_METHODS
 
@@ -78,9 +68,11 @@ def register(subparsers) -> None:
     g.add_argument("--ppl", type=_names, default=["wikitext2", "ptb"], help="perplexity texts (default wikitext2,ptb)")
     g.add_argument("--seqlen", type=int, default=128, help="perplexity window (default 128)")
     g.add_argument("--tasks", type=_names, default=None, help="zero-shot tasks, 'all' (default) or 'none'")
-    g.add_argument("--limit", type=_limit, default=None, help="first N perplexity windows and N documents per task")
-    g.add_argument("--ppl-limit", type=_limit, default=None, help="override --limit for perplexity")
-    g.add_argument("--task-limit", type=_limit, default=None, help="override --limit for the tasks")
+    g.add_argument(
+        "--limit", type=parse_limit, default=None, help="first N perplexity windows and N documents per task"
+    )
+    g.add_argument("--ppl-limit", type=parse_limit, default=None, help="override --limit for perplexity")
+    g.add_argument("--task-limit", type=parse_limit, default=None, help="override --limit for the tasks")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the document subsets (default 0)")
     g.add_argument("--task-source", choices=("auto", "offline", "hub"), default="auto")
     g.add_argument("--eval-batch-size", type=int, default=8)

@@ -20,7 +20,7 @@ ALL_TASKS = "all"
 NOTHING = "none"
 
 
-def _limit(text: str) -> int | None:
+def parse_limit(text: str) -> int | None:
     """A positive count, or ``all``/``none`` for no limit."""
     if text.lower() in ("all", "none"):
         return None
@@ -34,7 +34,7 @@ def _limit(text: str) -> int | None:
 
 
 def _positive(text: str) -> int:
-    value = _limit(text)
+    value = parse_limit(text)
     if value is None:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -77,11 +77,15 @@ def register(subparsers) -> None:
     parser.add_argument("--seqlen", type=_positive, default=128, help="perplexity window in tokens (default 128)")
     parser.add_argument(
         "--limit",
-        type=_limit,
+        type=parse_limit,
         help="first N perplexity windows and a seeded random subset of N documents per task",
     )
-    parser.add_argument("--ppl-limit", type=_limit, help="override --limit for perplexity ('all' for every window)")
-    parser.add_argument("--task-limit", type=_limit, help="override --limit for the tasks ('all' for every document)")
+    parser.add_argument(
+        "--ppl-limit", type=parse_limit, help="override --limit for perplexity ('all' for every window)"
+    )
+    parser.add_argument(
+        "--task-limit", type=parse_limit, help="override --limit for the tasks ('all' for every document)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the document subsets (default 0)")
     parser.add_argument("--batch-size", type=_positive, default=8, help="windows / requests per forward (default 8)")
     parser.add_argument(
