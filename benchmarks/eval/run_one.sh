@@ -3,8 +3,8 @@
 # and the seven zero-shot tasks on seeded 500-document subsets (all documents where a task has
 # fewer: OpenBookQA has 500), offline, on this machine's CPU.
 #
-#   nohup benchmarks/eval/run_dense.sh &                          # dense SmolLM2-135M
-#   nohup benchmarks/eval/run_dense.sh out/smollm2-20 pruned-20 &  # any model slimllm eval takes
+#   nohup benchmarks/eval/run_one.sh &                          # dense SmolLM2-135M
+#   nohup benchmarks/eval/run_one.sh out/smollm2-20 pruned20 &   # any model slimllm eval takes
 #
 # Writes benchmarks/eval/results/NAME.{json,md} (committed) and NAME.log (progress, not committed).
 set -euo pipefail
