@@ -109,6 +109,15 @@ def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypat
     assert [r["label"] for r in again["rows"]] == ["slimllm", "magnitude"]
     assert len(again["invocations"]) == 2
 
+    # rebuilding the report measures nothing and keeps the machine state taken before measuring
+    saved = json.loads((out / "results.json").read_text())
+    saved["machine"]["load_average_at_start"] = [42.0, 0.0, 0.0]
+    (out / "results.json").write_text(json.dumps(saved))
+    rebuilt = bench_runner.Bench(spec, **_inputs()).report()
+    assert len(count_prunes) == 2 and len(rebuilt["invocations"]) == 2
+    assert rebuilt["machine"]["load_average_at_start"] == [42.0, 0.0, 0.0]
+    assert "load average at start 42.0" in (out / "results.md").read_text()
+
     # a missing cell is measured again, only that one
     (out / "cells" / "magnitude__r0.3__s1.json").unlink()
     run_bench(spec, **_inputs())

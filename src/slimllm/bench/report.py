@@ -204,9 +204,13 @@ def markdown(results: dict) -> str:
     wall = results["wall_s"]
     lines += [
         f"Wall time: {wall['invocations'] / 60:.1f} min over {len(results['invocations'])} invocation(s) of the "
-        f"command (resumed runs add up); the cells themselves took {wall['cells_total'] / 60:.1f} min "
-        "(more than the wall time where invocations ran in parallel). "
-        f"Machine: {_machine(results['machine'])}.",
+        f"command (resumed runs add up); the cells themselves took {wall['cells_total'] / 60:.1f} min"
+        + (
+            " (more than the wall time: some invocations ran in parallel)"
+            if wall["cells_total"] > wall["invocations"]
+            else ""
+        )
+        + f". Machine: {_machine(results['machine'])}.",
         "",
         "**What was measured** (identical for every row):",
         "",
@@ -222,7 +226,7 @@ def markdown(results: dict) -> str:
     if results["standings"]:
         lines += _standings_text(results["standings"])
     if results["ablations"]:
-        lines += _ablation_table(results["ablations"], ppl_sources)
+        lines += _ablation_table(results["ablations"], ppl_sources, bool(results["speed"]))
     if results["speed"]:
         lines += _speed_table(results["speed"], results["settings"]["speed"])
     lines += ["## Plots", ""]
@@ -381,7 +385,7 @@ def _standings_text(standings: list[dict]) -> list[str]:
     return lines
 
 
-def _ablation_table(ablations: list[dict], ppl_sources: list[str]) -> list[str]:
+def _ablation_table(ablations: list[dict], ppl_sources: list[str], speed_measured: bool) -> list[str]:
     header = ["ratio", "variant"]
     for s in ppl_sources:
         header += [f"{PPL_LABELS.get(s, s)} PPL", "Δ"]
@@ -396,13 +400,11 @@ def _ablation_table(ablations: list[dict], ppl_sources: list[str]) -> list[str]:
         acc = a.get("acc")
         cells += [f"{100 * acc['variant']:.2f}", f"{100 * (acc['variant'] - acc['full']):+.2f}"] if acc else ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Δ is the variant minus the full method (positive Δ PPL = worse; negative Δ acc = worse). "
-        "`--round-to` rows show what the rounded FFN widths cost in quality (their speed is in the table below).",
-        "",
-    ]
-    return lines
+    note = "Δ is the variant minus the full method (positive Δ PPL = worse; negative Δ acc = worse)."
+    if any("--round-to" in a["label"] for a in ablations):
+        note += " `--round-to` rows show what the rounded FFN widths cost in quality"
+        note += " (their speed is in the table below)." if speed_measured else "."
+    return [*lines, "", note, ""]
 
 
 def _speed_table(speed: list[dict], settings: dict) -> list[str]:

@@ -284,6 +284,9 @@ class Bench:
         spec = self.spec
         started = time.perf_counter()
         started_at = _now()
+        previous = _previous_results(self.out)
+        # The load average means something only when taken before measuring; a rebuilt report keeps the old one.
+        machine = measure.machine_info(spec.threads) if compute else previous.get("machine")
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         cells = spec.cells()
         records: dict[str, dict] = {}
@@ -321,7 +324,7 @@ class Bench:
                     self.log(_one_line(record))
                 bar.close()
         ordered = [records[c.key] for c in cells if c.key in records]
-        invocations = _previous_invocations(self.out)
+        invocations = list(previous.get("invocations", []))
         if compute:
             invocations.append(
                 {
@@ -338,7 +341,7 @@ class Bench:
             command=self.command,
             invocations=invocations,
             skipped=skipped,
-            machine=measure.machine_info(spec.threads),
+            machine=machine or measure.machine_info(spec.threads),
         )
 
 
@@ -383,12 +386,13 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _previous_invocations(out: Path) -> list[dict]:
-    """The invocations recorded in an earlier results.json (so resumed runs add up)."""
+def _previous_results(out: Path) -> dict:
+    """An earlier results.json (its invocations, so resumed runs add up, and its machine), or {}."""
     try:
-        return list(json.loads((out / RESULTS_JSON).read_text()).get("invocations", []))
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return []
+        previous = json.loads((out / RESULTS_JSON).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
 
 
 def _count(model) -> int:
