@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from slimllm.commands.eval import parse_limit
+from slimllm.commands.eval import parse_limit, parse_names
 
 EXAMPLES = """\
 examples:
@@ -35,10 +35,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _names(text: str) -> list[str]:
-    return [] if text.strip().lower() == "none" else [x.strip() for x in text.split(",") if x.strip()]
-
-
 def register(subparsers) -> None:
     from slimllm.bench.spec import DEFAULT_METHODS
 
@@ -54,7 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("model", help="built-in name (smollm2-135m), model folder, .gguf file or hub id")
     p.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png, cells/)")
     p.add_argument("--ratios", type=_floats, default=[0.2, 0.5], help="target ratios (default 0.2,0.5)")
-    p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS), help=f"default {','.join(DEFAULT_METHODS)}")
+    p.add_argument(
+        "--methods", type=parse_names, default=list(DEFAULT_METHODS), help=f"default {','.join(DEFAULT_METHODS)}"
+    )
     p.add_argument("--ablations", action="store_true", help="add SlimLLM's ablation rows (first seed)")
     p.add_argument("--seeds", type=_ints, default=[42, 43, 44], help="calibration seeds of the main rows")
     p.add_argument(
@@ -65,9 +63,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--round-to", type=_ints, default=[], help="add 'slimllm --round-to N' rows, e.g. 8 or 8,64")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--ppl", type=_names, default=["wikitext2", "ptb"], help="perplexity texts (default wikitext2,ptb)")
+    g.add_argument(
+        "--ppl", type=parse_names, default=["wikitext2", "ptb"], help="perplexity texts (default wikitext2,ptb)"
+    )
     g.add_argument("--seqlen", type=int, default=128, help="perplexity window (default 128)")
-    g.add_argument("--tasks", type=_names, default=None, help="zero-shot tasks, 'all' (default) or 'none'")
+    g.add_argument("--tasks", type=parse_names, default=None, help="zero-shot tasks, 'all' (default) or 'none'")
     g.add_argument(
         "--limit", type=parse_limit, default=None, help="first N perplexity windows and N documents per task"
     )

@@ -40,7 +40,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _names(text: str) -> list[str]:
+def parse_names(text: str) -> list[str]:
     return [] if text.strip().lower() == NOTHING else [name.strip() for name in text.split(",") if name.strip()]
 
 
@@ -62,14 +62,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--ppl",
-        type=_names,
+        type=parse_names,
         metavar="SOURCES",
         help="comma-separated text sources: wikitext2, ptb, or .txt/.jsonl files; 'none' to skip "
         "(default: wikitext2,ptb)",
     )
     parser.add_argument(
         "--tasks",
-        type=_names,
+        type=parse_names,
         metavar="TASKS",
         help="comma-separated tasks among boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, "
         "'all' or 'none' (default: all)",
