@@ -1,17 +1,40 @@
-"""The pruned-model class: exact conversion of each family, uneven head maps, KV cache."""
+"""Pruned models: the family's stock modules with per-layer shapes; exact conversion, uneven head
+maps, KV cache, attention implementations, legacy folders."""
+
+import json
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-from conftest import VOCAB, logits, tiny_llama
-from slimllm.modeling import SlimLlamaConfig, SlimLlamaForCausalLM
-from slimllm.models import UnsupportedModelError, adapter_for, supported_model_types
+from conftest import FAMILIES, VOCAB, logits, tiny_llama
+from slimllm.io import _legacy_config
+from slimllm.modeling import is_pruned_config, pruned_classes
+from slimllm.models import UnsupportedModelError, adapter_for, family_of, supported_model_types
+
+UNEVEN = {"query_to_kv": [0, 1, 1], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True}
+EMPTY_KV = {"query_to_kv": [0, 0], "intermediate_size": 8, "o_proj_bias": False, "down_proj_bias": True}
+
+
+def pruned_random(family: str, shapes: list, seed: int = 0, **overrides):
+    """A randomly initialised pruned model of ``family`` with the given per-layer shapes."""
+    stock = FAMILIES[family](seed=seed, **overrides)
+    config_class, model_class = pruned_classes(family)
+    values = {k: v for k, v in stock.config.to_dict().items() if k not in ("model_type", "architectures")}
+    torch.manual_seed(seed)
+    model = model_class(config_class(**values, layer_shapes=shapes)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)
+    return model
 
 
 def test_conversion_is_exact_for_every_family(tiny_model):
     ids = torch.randint(0, VOCAB, (2, 40))  # longer than Mistral's sliding window of 16
     slim = adapter_for(tiny_model.config).to_slim(tiny_model)
-    assert isinstance(slim, SlimLlamaForCausalLM)
+    assert isinstance(slim, type(tiny_model)) and is_pruned_config(slim.config)
+    assert family_of(slim.config) == tiny_model.config.model_type
     torch.testing.assert_close(logits(slim, ids), logits(tiny_model, ids), rtol=0, atol=0)
 
 
@@ -34,58 +57,78 @@ def test_unknown_architecture_lists_supported():
     assert "gpt2" in message and all(name in message for name in supported_model_types())
 
 
-def _uneven_config():
-    return SlimLlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, tie_word_embeddings=False,
-        layer_shapes=[
-            {"query_to_kv": [0, 1, 1], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True},
-            None,
-        ],
-    )  # fmt: skip
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_pruned_layers_are_the_family_stock_modules(family):
+    model = pruned_random(family, [UNEVEN, None, EMPTY_KV, None])
+    dense_layer_class = type(FAMILIES[family]().model.layers[0])
+    layer = model.model.layers[0]
+    assert all(type(layer) is dense_layer_class for layer in model.model.layers)
+    assert layer.self_attn.q_proj.out_features == 3 * 8 and layer.self_attn.k_proj.out_features == 2 * 8
+    assert layer.mlp.down_proj.in_features == 24 and layer.self_attn.o_proj.bias is not None
+    empty_kv = model.model.layers[2].self_attn
+    assert empty_kv.k_proj.out_features == 8 and empty_kv.o_proj.bias is None
 
 
-def test_uneven_head_map_matches_explicit_reference():
-    """Query head i must attend with key/value head query_to_kv[i]: compare against a dense
-    layer whose k/v weights are duplicated per query head (plain multi-head attention)."""
-    torch.manual_seed(0)
-    model = SlimLlamaForCausalLM(_uneven_config()).eval()
-    attn = model.model.layers[0].self_attn
-    assert attn._expand_kv and attn.num_heads == 3 and attn.num_key_value_heads == 2
-    reference = SlimLlamaForCausalLM(
-        SlimLlamaConfig(
-            **{
-                **_uneven_config().to_dict(),
-                "layer_shapes": [
-                    {"query_to_kv": [0, 1, 2], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True},
-                    None,
-                ],
-            }
-        )
-    ).eval()
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_uneven_head_map_matches_explicit_reference(family):
+    """Query head i must attend with key/value head query_to_kv[i]: compare against the same layer
+    whose k/v weights are duplicated per query head (plain multi-head attention)."""
+    model = pruned_random(family, [UNEVEN, None, None, None])
+    reference = pruned_random(family, [{**UNEVEN, "query_to_kv": [0, 1, 2]}, None, None, None])
     state = model.state_dict()
-    rows = [kv * 8 + i for kv in [0, 1, 1] for i in range(8)]
+    rows = [kv * 8 + i for kv in UNEVEN["query_to_kv"] for i in range(8)]
     for name in ("k_proj", "v_proj"):
-        state[f"model.layers.0.self_attn.{name}.weight"] = state[f"model.layers.0.self_attn.{name}.weight"][rows]
+        for kind in ("weight", "bias"):
+            key = f"model.layers.0.self_attn.{name}.{kind}"
+            if key in state:
+                state[key] = state[key][rows]
     reference.load_state_dict(state)
-    ids = torch.randint(0, VOCAB, (2, 11))
+    ids = torch.randint(0, VOCAB, (2, 30))
     torch.testing.assert_close(logits(model, ids), logits(reference, ids))
 
 
-def test_generation_with_cache_equals_recomputation():
-    torch.manual_seed(1)
-    model = SlimLlamaForCausalLM(_uneven_config()).eval()
-    prompt = torch.randint(0, VOCAB, (1, 7))
-    cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
-    uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached) and cached.shape[1] == 15
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generation_with_cache_equals_recomputation(family):
+    model = pruned_random(family, [UNEVEN, None, EMPTY_KV, UNEVEN], seed=1)
+    prompt = torch.randint(0, VOCAB, (2, 7))
+    cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True)  # past Mistral's window
+    uncached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False)
+    assert cached.shape[1] == 27 and torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_every_attention_implementation_runs_uneven_layers(implementation):
+    model = pruned_random("llama", [UNEVEN, None, EMPTY_KV, UNEVEN], seed=2)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    reference = logits(model, ids)
+    model.set_attn_implementation(implementation)
+    assert model.model.layers[0].self_attn.config._attn_implementation == "slimllm_uneven_gqa"
+    assert model.model.layers[1].self_attn.config._attn_implementation == implementation
+    torch.testing.assert_close(logits(model, ids), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_return_dict_none_gives_an_output_object():
     """peft calls the model with return_dict=None, which must mean the default (an output object)."""
-    torch.manual_seed(2)
-    model = SlimLlamaForCausalLM(_uneven_config()).eval()
+    model = pruned_random("llama", [UNEVEN, None, None, None], seed=3)
     ids = torch.randint(0, VOCAB, (1, 5))
     with torch.no_grad():
         assert model(input_ids=ids, return_dict=None).logits.shape == (1, 5, VOCAB)
         assert isinstance(model(input_ids=ids, return_dict=False), tuple)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_folders_written_by_slimllm_0_1_still_load(family, tmp_path):
+    """slimllm 0.1 saved every family as ``slimllm_llama`` with qkv_bias/sliding_window fields."""
+    model = pruned_random(family, [UNEVEN, None, EMPTY_KV, None], seed=4)
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    values.update(model_type="slimllm_llama", qkv_bias=family == "qwen2", architectures=["SlimLlamaForCausalLM"])
+    if family == "qwen2":
+        values["sliding_window"] = None
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=r"slimllm 0\.1"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, **_legacy_config(tmp_path)).eval()
+    ids = torch.randint(0, VOCAB, (2, 30))
+    assert family_of(reloaded.config) == family
+    torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), rtol=0, atol=0)

@@ -45,3 +45,27 @@ def test_realised_ratio_and_reload(smollm2, ratio, tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, pruned(ids).logits, rtol=0, atol=0)
     generated = reloaded.generate(ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 5
+
+
+def test_pruned_model_generates_the_same_text_with_and_without_the_kv_cache(smollm2):
+    model, tokenizer = smollm2
+    config = slimllm.PruneConfig(ratio=0.2, calib="lambada", nsamples=8, seqlen=32)
+    pruned, _ = slimllm.prune(model, tokenizer, config, progress=False)
+    uneven = [
+        shape for shape in pruned.config.layer_shapes if len(set(shape["query_to_kv"])) * 3 != len(shape["query_to_kv"])
+    ]
+    assert uneven, "the 20% plan should leave some layer with an uneven query-to-kv map"
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    cached = pruned.generate(**ids, max_new_tokens=24, do_sample=False, use_cache=True)
+    uncached = pruned.generate(**ids, max_new_tokens=24, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached), tokenizer.decode(cached[0]) + " | " + tokenizer.decode(uncached[0])
+
+
+def test_a_gguf_file_given_by_path_loads_like_the_builtin(smollm2):
+    from slimllm.io import _builtin_gguf
+
+    model, tokenizer = smollm2
+    from_path, _ = slimllm.load(str(_builtin_gguf("smollm2-135m")))
+    ids = tokenizer("Once upon a time there was a", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(from_path(ids).logits, model(ids).logits, rtol=0, atol=0)

@@ -16,7 +16,9 @@ from torch import nn
 
 from slimllm.models.base import ModelAdapter
 
-_LAYER_KWARGS = ("attention_mask", "position_ids", "position_embeddings", "cache_position")
+# Keyword arguments of a decoder layer that belong to one forward pass over a whole sequence
+# and never to calibration: the KV cache and its switches.
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "use_cache", "cache_position")
 
 
 class StopForward(Exception):
@@ -25,8 +27,14 @@ class StopForward(Exception):
 
 @dataclass
 class LayerBatch:
+    """A batch of hidden states entering a layer, and what the model passes each layer with it.
+
+    ``layer_kwargs[i]`` holds the mask, positions and rotary embeddings the model gives layer
+    ``i``; layers of different kinds (sliding-window and global, local and global RoPE) differ.
+    """
+
     hidden: torch.Tensor
-    kwargs: dict
+    layer_kwargs: list[dict]
 
 
 def _to(value, device):
@@ -51,44 +59,67 @@ def on_device(module: nn.Module, device: torch.device | str) -> Iterator[nn.Modu
         module.to(home)
 
 
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer: records the keyword arguments it gets, passes hidden states on."""
+
+    def __init__(self, layer: nn.Module, record: dict, device, first: bool, last: bool):
+        super().__init__()
+        self.record, self.device, self.first, self.last = record, device, first, last
+        if hasattr(layer, "attention_type"):  # models that pick masks by layer kind read it
+            self.attention_type = layer.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.first:
+            self.record["hidden"] = hidden_states.detach().to(self.device)
+        kept = {k: _to(v, self.device) for k, v in kwargs.items() if v is not None and k not in _CACHE_KWARGS}
+        self.record["layer_kwargs"].append(kept)
+        if self.last:
+            raise StopForward
+        return hidden_states
+
+
 @torch.no_grad()
 def capture_layer_inputs(
     model: nn.Module, adapter: ModelAdapter, windows: torch.Tensor, batch_size: int, device: torch.device | str
 ) -> list[LayerBatch]:
-    """The hidden states and keyword arguments that reach the first decoder layer, per batch."""
-    first = adapter.layers(model)[0]
+    """Per batch, the hidden states entering the first decoder layer and every layer's keyword arguments.
+
+    The decoder layers are swapped for recorders for one pass, so only the embeddings, masks and
+    rotary embeddings are computed.
+    """
+    layers = adapter.layers(model)
+    originals = list(layers)
+    last = len(originals) - 1
     captured: list[LayerBatch] = []
-
-    def grab(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        kept = {key: _to(kwargs[key], device) for key in _LAYER_KWARGS if kwargs.get(key) is not None}
-        captured.append(LayerBatch(hidden.detach().to(device), kept))
-        raise StopForward
-
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with on_device(adapter.embeddings(model), device), on_device(adapter.rotary(model), device):
             for start in range(0, windows.shape[0], batch_size):
-                batch = windows[start : start + batch_size].to(device)
+                record: dict = {"layer_kwargs": []}
+                for index, layer in enumerate(originals):
+                    layers[index] = _Recorder(layer, record, device, first=index == 0, last=index == last)
                 with contextlib.suppress(StopForward):
-                    model(input_ids=batch, use_cache=False)
+                    model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
+                captured.append(LayerBatch(record["hidden"], record["layer_kwargs"]))
     finally:
-        handle.remove()
+        for index, layer in enumerate(originals):
+            layers[index] = layer
     return captured
 
 
 @torch.no_grad()
-def run_layer(layer: nn.Module, batches: list[LayerBatch], *, keep_outputs: bool = True) -> list[LayerBatch]:
-    """Run every batch through ``layer``; a hook may raise :class:`StopForward` to cut it short."""
+def run_layer(
+    layer: nn.Module, index: int, batches: list[LayerBatch], *, keep_outputs: bool = True
+) -> list[LayerBatch]:
+    """Run every batch through decoder layer ``index``; a hook may raise :class:`StopForward` to cut it short."""
     outputs = []
     for batch in batches:
         try:
-            out = layer(batch.hidden, use_cache=False, **batch.kwargs)
+            out = layer(batch.hidden, use_cache=False, **batch.layer_kwargs[index])
         except StopForward:
             continue
         if keep_outputs:
             out = out[0] if isinstance(out, tuple) else out
-            outputs.append(LayerBatch(out.detach(), batch.kwargs))
+            outputs.append(LayerBatch(out.detach(), batch.layer_kwargs))
     return outputs
 
 

@@ -13,13 +13,15 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from slimllm.modeling import SlimLlamaConfig, SlimLlamaForCausalLM
+from slimllm.modeling import is_pruned_config, legacy_family, pruned_classes
 from slimllm.modeling import modeling_slimllm as _modeling_module
+from slimllm.models.base import copy_buffers
 from slimllm.plan import PrunePlan
 
 REPORT_FILE = "slimllm_report.json"
@@ -87,6 +89,7 @@ def _load_gguf(path: Path, dtype: torch.dtype | None):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     model.load_state_dict(quantised.state_dict(), assign=True)
+    copy_buffers(quantised, model)  # non-persistent buffers (RoPE) are not in the state dict
     model.tie_weights()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -139,12 +142,33 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         else:
             folder = text  # a hub id; transformers reports unreachable hubs and unknown ids
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch_dtype, use_safetensors=True, **_legacy_config(folder)
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except OSError as error:
         raise ModelSourceError(f"cannot load model {text!r}: {error}") from error
     model.eval()
     return model.to(device or "cpu"), tokenizer
+
+
+def _legacy_config(folder) -> dict:
+    """``{"config": ...}`` for a folder slimllm 0.1 wrote from a Mistral or Qwen2 model, else ``{}``.
+
+    slimllm 0.1 saved every family as ``slimllm_llama`` with extra fields; such folders now load
+    as the pruned class of the family they came from.
+    """
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return {}
+    values = json.loads(path.read_text())
+    family = legacy_family(values)
+    if family in (None, "llama"):
+        return {}
+    print(f"note: {folder} was written by slimllm 0.1; loading it as a pruned {family} model", file=sys.stderr)
+    config_class, _ = pruned_classes(family)
+    keep = {k: v for k, v in values.items() if k not in ("model_type", "architectures", "auto_map", "qkv_bias")}
+    return {"config": config_class(**keep)}
 
 
 def _looks_like_local_path(text: str) -> bool:
@@ -183,7 +207,7 @@ def _umask() -> int:
 
 
 def save(
-    model: SlimLlamaForCausalLM,
+    model,
     tokenizer,
     plan: PrunePlan | None,
     output: str | os.PathLike,
@@ -193,15 +217,15 @@ def save(
     max_shard_size: str = "2GB",
 ) -> Path:
     """Write a pruned model folder that ``from_pretrained`` (with or without slimllm) reloads."""
-    if not isinstance(model.config, SlimLlamaConfig):
-        raise TypeError("slimllm.save expects a model returned by slimllm.prune (SlimLlamaForCausalLM)")
+    if not is_pruned_config(model.config):
+        raise TypeError("slimllm.save expects a model returned by slimllm.prune (a pruned-model class)")
     output = Path(output)
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         model.config.auto_map = {
-            "AutoConfig": f"{MODELING_FILE[:-3]}.SlimLlamaConfig",
-            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.SlimLlamaForCausalLM",
+            "AutoConfig": f"{MODELING_FILE[:-3]}.{type(model.config).__name__}",
+            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{type(model).__name__}",
         }
-        model.config.architectures = ["SlimLlamaForCausalLM"]
+        model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         shutil.copyfile(_modeling_module.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:

@@ -29,7 +29,6 @@ from slimllm.data.sources import calibration_windows
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.io import resolve_dtype
 from slimllm.methods import Method, NoRecovery, _allocate_with, build_method, paired_output_hook
-from slimllm.modeling import SlimLlamaForCausalLM
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
@@ -62,7 +61,7 @@ def attention_units(query_to_kv: list[int], gqa: str) -> list[list[int]]:
     return [[h for h, kv in enumerate(query_to_kv) if kv == g] for g in range(max(query_to_kv) + 1)]
 
 
-def layer_costs(model: SlimLlamaForCausalLM, adapter: ModelAdapter, gqa: str) -> list[LayerCosts]:
+def layer_costs(model: torch.nn.Module, adapter: ModelAdapter, gqa: str) -> list[LayerCosts]:
     costs = []
     for layer in adapter.layers(model):
         attn, mlp = adapter.attention(layer), adapter.mlp(layer)
@@ -90,24 +89,24 @@ def layer_costs(model: SlimLlamaForCausalLM, adapter: ModelAdapter, gqa: str) ->
 
 
 @torch.no_grad()
-def collect_attention_stats(adapter, layer, batches, units, device) -> AttentionStats:
+def collect_attention_stats(adapter, layer, index, batches, units, device) -> AttentionStats:
     parts = adapter.attention(layer)
-    moments = Moments(parts.o_proj.in_features, device, where=f"o_proj input of layer {layer.self_attn.layer_idx}")
+    moments = Moments(parts.o_proj.in_features, device, where=f"o_proj input of layer {index}")
 
     def grab(_module, args):
         moments.update(args[0])
         raise StopForward
 
     with hooks(lambda: parts.o_proj.register_forward_pre_hook(grab)):
-        run_layer(layer, batches, keep_outputs=False)
+        run_layer(layer, index, batches, keep_outputs=False)
     return AttentionStats(moments, parts, units)
 
 
 @torch.no_grad()
-def collect_mlp_stats(adapter, layer, batches, device) -> MlpStats:
+def collect_mlp_stats(adapter, layer, index, batches, device) -> MlpStats:
     parts = adapter.mlp(layer)
     mlp_module = adapter.mlp_module(layer)
-    where = f"FFN of layer {layer.self_attn.layer_idx}"
+    where = f"FFN of layer {index}"
     d = parts.down_proj.out_features
     inputs = Moments(d, device, full=False, where=where)
     hidden = Moments(parts.width, device, full=False, where=where)
@@ -128,14 +127,14 @@ def collect_mlp_stats(adapter, layer, batches, device) -> MlpStats:
         lambda: parts.down_proj.register_forward_pre_hook(grab_hidden),
         lambda: parts.down_proj.register_forward_hook(grab_output),
     ):
-        run_layer(layer, batches, keep_outputs=False)
+        run_layer(layer, index, batches, keep_outputs=False)
     return MlpStats(inputs, hidden, output, parts)
 
 
 @torch.no_grad()
-def collect_paired_outputs(adapter, layer, batches, kept, device) -> PairedColumnMoments:
+def collect_paired_outputs(adapter, layer, index, batches, kept, device) -> PairedColumnMoments:
     down = adapter.mlp(layer).down_proj
-    moments = PairedColumnMoments(down.out_features, device, where=f"FFN output of layer {layer.self_attn.layer_idx}")
+    moments = PairedColumnMoments(down.out_features, device, where=f"FFN output of layer {index}")
     stream = paired_output_hook(down, kept, moments)
 
     def grab(module, args):
@@ -143,7 +142,7 @@ def collect_paired_outputs(adapter, layer, batches, kept, device) -> PairedColum
         raise StopForward
 
     with hooks(lambda: down.register_forward_pre_hook(grab)):
-        run_layer(layer, batches, keep_outputs=False)
+        run_layer(layer, index, batches, keep_outputs=False)
     return moments
 
 
@@ -176,21 +175,21 @@ class _LayerPruner:
         planned_units = self.allocation.units_to_prune[index]
         planned_channels = self.allocation.channels_to_prune[index]
         if planned_units:
-            removed = self._prune_attention(layer, batches, planned_units, record)
+            removed = self._prune_attention(layer, index, batches, planned_units, record)
             self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
         if planned_channels:
             # Spend or give back the surplus here, in whole channels, so the total stays on target.
             adjust = round(self.surplus / self.costs[index].channel_params)
             channels = min(mlp.width - 1, max(0, planned_channels - adjust))
-            removed = self._prune_mlp(layer, batches, channels, record) if channels else 0
+            removed = self._prune_mlp(layer, index, batches, channels, record) if channels else 0
             self.surplus += removed - removed_params(self.costs[index], 0, planned_channels, self.adds_bias)
         return record
 
-    def _prune_attention(self, layer, batches, num_units: int, record: LayerPlan) -> int:
+    def _prune_attention(self, layer, index: int, batches, num_units: int, record: LayerPlan) -> int:
         adapter, module = self.adapter, self.adapter.attention_module(layer)
         before = count_parameters(module)
         units = attention_units(adapter.attention(layer).query_to_kv, self.config.gqa)
-        stats = collect_attention_stats(adapter, layer, batches, units, self.device)
+        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device)
         selection = self.method.heads.select(stats, num_units)
         kept_heads = sorted(h for u in selection.kept for h in units[u])
         recovery = self.method.recovery.attention(stats, kept_heads)  # from the dense o_proj, before surgery
@@ -201,14 +200,14 @@ class _LayerPruner:
             record.attn_recovery = recovery
         return before - count_parameters(adapter.attention_module(layer))
 
-    def _prune_mlp(self, layer, batches, num_channels: int, record: LayerPlan) -> int:
+    def _prune_mlp(self, layer, index: int, batches, num_channels: int, record: LayerPlan) -> int:
         adapter = self.adapter
         before = count_parameters(adapter.mlp_module(layer))
-        stats = collect_mlp_stats(adapter, layer, batches, self.device)
+        stats = collect_mlp_stats(adapter, layer, index, batches, self.device)
         kept = self.method.channels.select(stats, num_channels).kept
         paired = None
         if self.method.recovery.needs_output_pass:
-            paired = collect_paired_outputs(adapter, layer, batches, kept, self.device)
+            paired = collect_paired_outputs(adapter, layer, index, batches, kept, self.device)
         recovery = self.method.recovery.mlp(stats, kept, paired)
         prune_channels(adapter, layer, kept)
         record.kept_channels = kept
@@ -244,12 +243,13 @@ def prune(
     data: torch.Tensor | None = None,
     *,
     progress: bool = True,
-) -> tuple[SlimLlamaForCausalLM, PrunePlan]:
+) -> tuple[torch.nn.Module, PrunePlan]:
     """Prune ``model`` with SlimLLM (or ``config.method``); the input model is left untouched.
 
     ``data`` may be a (nsamples × seqlen) LongTensor of calibration token windows; otherwise
-    ``config.calib`` is tokenised with ``tokenizer``. Returns the pruned
-    :class:`SlimLlamaForCausalLM` and the :class:`PrunePlan` (with ``plan.report``).
+    ``config.calib`` is tokenised with ``tokenizer``. Returns the pruned model (the family's
+    stock class with per-layer shapes, :mod:`slimllm.modeling`) and the :class:`PrunePlan`
+    (with ``plan.report``).
     """
     config = config or PruneConfig()
     config.validate()
@@ -271,36 +271,35 @@ def prune(
 
     with timer.phase("convert"):
         slim = adapter.to_slim(model)
-        slim_adapter = adapter_for(slim.config)
         dtype = resolve_dtype(config.dtype)
         if dtype is not None and dtype != next(slim.parameters()).dtype:
             slim = slim.to(dtype)
     dense_params = count_parameters(slim)
-    layers = slim_adapter.layers(slim)
+    layers = adapter.layers(slim)
 
     with timer.phase("capture_inputs"):
-        layer0_inputs = capture_layer_inputs(slim, slim_adapter, data, config.batch_size, device)
+        layer0_inputs = capture_layer_inputs(slim, adapter, data, config.batch_size, device)
 
     with timer.phase("layer_cosines"):
         cosines, batches = [], layer0_inputs
-        for layer in tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False):
+        for index, layer in enumerate(tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False)):
             with on_device(layer, device):
-                outputs = run_layer(layer, batches)
+                outputs = run_layer(layer, index, batches)
             cosines.append(token_cosine(batches, outputs))
             batches = outputs
 
     if method.prepare is not None:
         with timer.phase("prepare_method"):
-            method.prepare(slim, slim_adapter, layer0_inputs, data, device)
+            method.prepare(slim, adapter, layer0_inputs, data, device)
 
     with timer.phase("allocation"):
-        costs = layer_costs(slim, slim_adapter, config.gqa)
+        costs = layer_costs(slim, adapter, config.gqa)
         allocator = method.allocator or _allocate_with(
             uniform=config.uniform or method.uniform_ratios, adds_bias=_adds_bias(method)
         )
         allocation = allocator(cosines, costs, dense_params, config)
 
-    prune_layer = _LayerPruner(slim_adapter, method, config, allocation, costs, device)
+    prune_layer = _LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []
     with timer.phase("prune_layers"):
         batches = layer0_inputs
@@ -308,10 +307,10 @@ def prune(
             start, before = time.perf_counter(), count_parameters(layer)
             with on_device(layer, device):
                 record = prune_layer(index, layer, batches, cosines[index])
-                batches = run_layer(layer, batches)
+                batches = run_layer(layer, index, batches)
             layer_plans.append(record)
             layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
-    slim_adapter.sync_config(slim)
+    adapter.sync_config(slim)
 
     plan = PrunePlan(
         model_type=model.config.model_type,

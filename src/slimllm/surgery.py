@@ -82,19 +82,18 @@ def apply_plan(model: nn.Module, plan: PrunePlan):
     """Rebuild the pruned model from the model it was pruned from plus its plan (no data)."""
     adapter = adapter_for(model.config)
     slim = adapter.to_slim(model)
-    slim_adapter = adapter_for(slim.config)
-    layers = slim_adapter.layers(slim)
+    layers = adapter.layers(slim)
     if len(layers) != plan.num_layers:
         raise ValueError(f"the plan is for {plan.num_layers} layers, the model has {len(layers)}")
     for record in plan.layers:
         layer = layers[record.index]
         if len(record.kept_heads) < adapter.attention(layer).num_heads:
-            prune_heads(slim_adapter, layer, record.kept_heads)
+            prune_heads(adapter, layer, record.kept_heads)
         if record.attn_recovery is not None:
-            recover_attention(slim_adapter, layer, record.attn_recovery)
+            recover_attention(adapter, layer, record.attn_recovery)
         if len(record.kept_channels) < adapter.mlp(layer).width:
-            prune_channels(slim_adapter, layer, record.kept_channels)
+            prune_channels(adapter, layer, record.kept_channels)
         if record.mlp_recovery is not None:
-            recover_mlp(slim_adapter, layer, record.mlp_recovery)
-    slim_adapter.sync_config(slim)
+            recover_mlp(adapter, layer, record.mlp_recovery)
+    adapter.sync_config(slim)
     return slim

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
 import statistics
 import threading
@@ -125,18 +126,24 @@ def prefill_seconds(model, ids: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def _cache_keyword(model) -> str:
+    """The name under which this transformers version's models take the KV cache (renamed in 5.24)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def decode_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:
     """Wall time of ``new_tokens`` greedy steps with the KV cache, after an untimed prefill of
     ``prompt`` (so the time is the decoding alone; no early stop at end-of-text)."""
+    from transformers import DynamicCache
+
     device = _device(model)
-    out = model(input_ids=prompt.to(device), use_cache=True)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cache = {_cache_keyword(model): DynamicCache(config=model.config)}  # filled in place by every step
+    token = model(input_ids=prompt.to(device), use_cache=True, **cache).logits[:, -1:].argmax(-1)
     _sync(device)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        token = model(input_ids=token, use_cache=True, **cache).logits[:, -1:].argmax(-1)
     _sync(device)
     return time.perf_counter() - start
 

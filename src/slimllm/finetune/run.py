@@ -27,7 +27,7 @@ from slimllm.finetune.data import FinetuneData, prepare_data
 from slimllm.finetune.lora import attach_lora, merge_lora
 from slimllm.finetune.trainer import build_trainer, train, world_size, write_json
 from slimllm.io import REPORT_FILE, OutputExistsError, atomic_output_dir, load, save
-from slimllm.modeling import SlimLlamaConfig
+from slimllm.modeling import is_pruned_config
 from slimllm.plan import PLAN_FILE, PrunePlan
 
 FINETUNE_LOG = "slimllm_finetune.json"
@@ -278,7 +278,7 @@ def save_output(
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         if merge:
             model = merge_lora(peft_model)
-            if isinstance(model.config, SlimLlamaConfig):
+            if is_pruned_config(model.config):
                 save(model, tokenizer, plan, tmp, report=report, overwrite=True)
             else:  # a dense model tuned as it is: a plain Hugging Face folder
                 model.save_pretrained(tmp)

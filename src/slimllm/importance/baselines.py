@@ -367,12 +367,12 @@ class FlapAllocation:
     def prepare(self, model, adapter, layer0_batches, windows, device) -> None:
         self.head_scores, self.channel_scores = [], []
         batches = layer0_batches
-        for layer in adapter.layers(model):
+        for index, layer in enumerate(adapter.layers(model)):
             attn, mlp = adapter.attention(layer), adapter.mlp(layer)
             o_in = Moments(attn.o_proj.in_features, device, full=False, where="o_proj input (FLAP)")
             h_in = Moments(mlp.width, device, full=False, where="down_proj input (FLAP)")
             with on_device(layer, device), hooks(_grab(attn.o_proj, o_in), _grab(mlp.down_proj, h_in)):
-                batches = run_layer(layer, batches)
+                batches = run_layer(layer, index, batches)
             units = attention_units(attn.query_to_kv, self.gqa)
             self.head_scores.append(flap_head_scores(_weight(attn.o_proj), o_in.variance, attn.head_dim, units).cpu())
             self.channel_scores.append(flap_channel_scores(_weight(mlp.down_proj), h_in.variance).cpu())

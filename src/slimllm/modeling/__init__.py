@@ -1,15 +1,44 @@
-"""The pruned-model class (per-layer head maps and widths), registered with the Auto classes."""
+"""Pruned models: each family's stock transformers model with per-layer shapes, registered with
+the Auto classes so ``AutoModelForCausalLM.from_pretrained`` loads folders written by slimllm."""
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from slimllm.modeling.modeling_slimllm import (
-    MODEL_TYPE,
+    MODEL_TYPE_PREFIX,
+    PRUNED_CLASSES,
+    LayerConfig,
     SlimLlamaConfig,
     SlimLlamaForCausalLM,
-    SlimLlamaModel,
+    configure_layer,
+    layer_query_to_kv,
+    layer_shape_record,
+    legacy_family,
 )
 
-AutoConfig.register(MODEL_TYPE, SlimLlamaConfig, exist_ok=True)
-AutoModelForCausalLM.register(SlimLlamaConfig, SlimLlamaForCausalLM, exist_ok=True)
+for _model_type, (_config_class, _model_class) in PRUNED_CLASSES.items():
+    AutoConfig.register(_model_type, _config_class, exist_ok=True)
+    AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
 
-__all__ = ["MODEL_TYPE", "SlimLlamaConfig", "SlimLlamaForCausalLM", "SlimLlamaModel"]
+
+def is_pruned_config(config) -> bool:
+    return str(getattr(config, "model_type", "")).startswith(MODEL_TYPE_PREFIX)
+
+
+def pruned_classes(family: str) -> tuple[type, type]:
+    """The (config, model) classes of pruned models of a family (its stock ``model_type``)."""
+    return PRUNED_CLASSES[MODEL_TYPE_PREFIX + family]
+
+
+__all__ = [
+    "MODEL_TYPE_PREFIX",
+    "PRUNED_CLASSES",
+    "LayerConfig",
+    "SlimLlamaConfig",
+    "SlimLlamaForCausalLM",
+    "configure_layer",
+    "is_pruned_config",
+    "layer_query_to_kv",
+    "layer_shape_record",
+    "legacy_family",
+    "pruned_classes",
+]

@@ -1,17 +1,18 @@
 """Model-family adapters: the only place that knows a family's config fields and module names.
 
-Every supported family is converted into the one pruned-model class
-(:class:`slimllm.modeling.SlimLlamaForCausalLM`) before pruning; the algorithm then reaches
-layers, projections and norms through :class:`ModelAdapter` alone.
+A pruned model is its family's stock transformers model with per-layer shapes
+(:mod:`slimllm.modeling`); the algorithm reaches layers, projections and norms through
+:class:`ModelAdapter` alone.
 """
 
 from __future__ import annotations
 
+from slimllm.modeling import MODEL_TYPE_PREFIX
 from slimllm.models.base import ModelAdapter, UnsupportedModelError
-from slimllm.models.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, SlimLlamaAdapter
+from slimllm.models.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {
-    adapter.model_type: adapter for adapter in (LlamaAdapter, MistralAdapter, Qwen2Adapter, SlimLlamaAdapter)
+    adapter.model_type: adapter for adapter in (LlamaAdapter, MistralAdapter, Qwen2Adapter)
 }
 
 
@@ -19,15 +20,24 @@ def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
 
 
-def adapter_for(config) -> ModelAdapter:
-    """The adapter for a transformers config, chosen by ``config.model_type`` only."""
+def family_of(config) -> str | None:
+    """The stock ``model_type`` of a config, or of the family a pruned model came from."""
     model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str) and model_type.startswith(MODEL_TYPE_PREFIX):
+        return model_type[len(MODEL_TYPE_PREFIX) :]
+    return model_type
+
+
+def adapter_for(config) -> ModelAdapter:
+    """The adapter for a transformers config (stock or pruned), chosen by ``config.model_type`` only."""
+    family = family_of(config)
     try:
-        return _ADAPTERS[model_type]()
+        return _ADAPTERS[family]()
     except KeyError:
         raise UnsupportedModelError(
-            f"unsupported model_type {model_type!r}; slimllm supports: {', '.join(supported_model_types())}"
+            f"unsupported model_type {getattr(config, 'model_type', None)!r}; "
+            f"slimllm supports: {', '.join(supported_model_types())}"
         ) from None
 
 
-__all__ = ["ModelAdapter", "UnsupportedModelError", "adapter_for", "supported_model_types"]
+__all__ = ["ModelAdapter", "UnsupportedModelError", "adapter_for", "family_of", "supported_model_types"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimllm.modeling import SlimLlamaConfig, SlimLlamaForCausalLM
+from slimllm.modeling import configure_layer, layer_query_to_kv, layer_shape_record, pruned_classes
 
 
 class UnsupportedModelError(ValueError):
@@ -43,91 +43,107 @@ class MlpParts:
         return self.down_proj.in_features
 
 
-class ModelAdapter:
-    """Names the pieces of a (converted) decoder for the algorithm.
+# Keys of a config that describe the checkpoint it came from, not the network.
+_PROVENANCE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
 
-    Subclasses describe one family: ``model_type`` and :meth:`slim_config`, which maps the
-    family's config onto :class:`SlimLlamaConfig`. The accessors below work on the converted
-    model, so the pruning code never spells a family-specific attribute.
+
+class ModelAdapter:
+    """Names the pieces of one family's decoder for the algorithm.
+
+    Subclasses set ``model_type`` (the family's stock one) and may refuse configurations the
+    family's pruned class cannot run. The pruned model is the family's stock model with
+    per-layer shapes (:mod:`slimllm.modeling`); the accessors below work on both, so the
+    pruning code never spells a family-specific attribute.
     """
 
     model_type: str = ""
 
     # -- conversion -------------------------------------------------------------------------
-    def slim_config(self, config) -> SlimLlamaConfig:
-        raise NotImplementedError
-
     def check_supported(self, config) -> None:
         """Raise :class:`UnsupportedModelError` for configurations of the family we cannot run."""
 
-    def to_slim(self, model: nn.Module) -> SlimLlamaForCausalLM:
-        """The same network as a :class:`SlimLlamaForCausalLM`, sharing (not copying) its weights.
+    def pruned_config(self, config):
+        """The pruned-model config for ``config`` (a stock one, or a pruned one kept as it is)."""
+        config_class, _ = pruned_classes(self.model_type)
+        values = {key: value for key, value in config.to_dict().items() if key not in _PROVENANCE_KEYS}
+        pruned = config_class(**values)
+        pruned._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+        return pruned
+
+    def to_slim(self, model: nn.Module) -> nn.Module:
+        """The same network as the family's pruned-model class, sharing (not copying) its weights.
 
         New ``Parameter`` objects wrap the original storage, so moving or replacing a converted
         module never touches the caller's model.
         """
         self.check_supported(model.config)
-        config = self.slim_config(model.config)
-        config._attn_implementation = getattr(model.config, "_attn_implementation", None) or "sdpa"
+        config = self.pruned_config(model.config)
+        _, model_class = pruned_classes(self.model_type)
         with torch.device("meta"):
-            slim = SlimLlamaForCausalLM(config)
+            slim = model_class(config)
         state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
-        if config.tie_word_embeddings:
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        if tied:
             state.pop("lm_head.weight", None)
         missing, unexpected = slim.load_state_dict(state, strict=False, assign=True)
-        missing = [key for key in missing if not (config.tie_word_embeddings and key == "lm_head.weight")]
+        missing = [key for key in missing if not (tied and key == "lm_head.weight")]
         if missing or unexpected:
             raise UnsupportedModelError(
-                f"{model.config.model_type}: weights do not match the LLaMA layout "
+                f"{model.config.model_type}: weights do not match the {self.model_type} layout "
                 f"(missing {missing[:4]}, unexpected {unexpected[:4]})"
             )
-        if config.tie_word_embeddings:
+        if tied:
             slim.lm_head.weight = slim.model.embed_tokens.weight
-        # Non-persistent buffers (RoPE frequencies) are not in the state dict: rebuild them.
-        with torch.device(_device_of(model)):
-            slim.model.rotary_emb = type(slim.model.rotary_emb)(config=config)
+        copy_buffers(model, slim)
         slim.eval()
         if hasattr(model, "generation_config"):
             slim.generation_config = model.generation_config
         return slim
 
-    # -- accessors on a converted model ------------------------------------------------------
-    def layers(self, model: SlimLlamaForCausalLM) -> nn.ModuleList:
+    # -- accessors ---------------------------------------------------------------------------
+    def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
 
-    def embeddings(self, model: SlimLlamaForCausalLM) -> nn.Embedding:
+    def embeddings(self, model: nn.Module) -> nn.Embedding:
         return model.model.embed_tokens
 
-    def rotary(self, model: SlimLlamaForCausalLM) -> nn.Module:
+    def rotary(self, model: nn.Module) -> nn.Module:
         return model.model.rotary_emb
 
     def attention(self, layer: nn.Module) -> AttentionParts:
         attn = layer.self_attn
-        return AttentionParts(attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, attn.head_dim, attn.query_to_kv)
+        return AttentionParts(
+            attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, attn.head_dim, layer_query_to_kv(layer)
+        )
 
     def mlp(self, layer: nn.Module) -> MlpParts:
         return MlpParts(layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
 
     def set_attention(self, layer: nn.Module, *, query_to_kv: list[int] | None = None, **projections) -> None:
         """Install new q/k/v/o projections (any subset) and, with them, a new query->kv map."""
-        attn = layer.self_attn
+        shape = layer_shape_record(layer)
         for name, module in projections.items():
             if name not in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 raise KeyError(name)
-            setattr(attn, name, module)
+            setattr(layer.self_attn, name, module)
         if query_to_kv is not None:
-            attn.set_head_map(query_to_kv)
+            shape["query_to_kv"] = list(query_to_kv)
+        shape["o_proj_bias"] = layer.self_attn.o_proj.bias is not None
+        configure_layer(layer, shape)
 
     def set_mlp(self, layer: nn.Module, **projections) -> None:
+        shape = layer_shape_record(layer)
         for name, module in projections.items():
             if name not in ("gate_proj", "up_proj", "down_proj"):
                 raise KeyError(name)
             setattr(layer.mlp, name, module)
-        layer.mlp.intermediate_size = layer.mlp.down_proj.in_features
+        shape["intermediate_size"] = layer.mlp.down_proj.in_features
+        shape["down_proj_bias"] = layer.mlp.down_proj.bias is not None
+        configure_layer(layer, shape)
 
-    def sync_config(self, model: SlimLlamaForCausalLM) -> None:
+    def sync_config(self, model: nn.Module) -> None:
         """Write each layer's current shape into ``config.layer_shapes`` (what save relies on)."""
-        model.config.layer_shapes = [layer.shape_record() for layer in self.layers(model)]
+        model.config.layer_shapes = [layer_shape_record(layer) for layer in self.layers(model)]
 
     def attention_module(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
@@ -136,5 +152,13 @@ class ModelAdapter:
         return layer.mlp
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def copy_buffers(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the buffers of ``source`` by name, the non-persistent ones included.
+
+    Non-persistent buffers (RoPE frequencies, embedding scales) are not in the state dict, so a
+    model built on the meta device and filled with ``load_state_dict`` would keep them on meta.
+    """
+    for name, buffer in source.named_buffers():
+        owner_name, _, attr = name.rpartition(".")
+        owner = target.get_submodule(owner_name) if owner_name else target
+        owner._buffers[attr] = buffer
