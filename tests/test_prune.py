@@ -24,6 +24,18 @@ def _config(**overrides):
     return PruneConfig(**{"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, **overrides})
 
 
+class _RmsOverRows(torch.nn.Module):
+    """RMSNorm whose mean square is taken over ``rows`` only: OLMo 2's q/k norm after pruning."""
+
+    def __init__(self, norm, rows):
+        super().__init__()
+        self.norm, self.rows = norm, torch.tensor(rows)
+
+    def forward(self, x):
+        variance = x.pow(2).index_select(-1, self.rows).mean(-1, keepdim=True)
+        return self.norm.weight * (x * torch.rsqrt(variance + self.norm.variance_epsilon))
+
+
 def _masked_dense(model, plan):
     """The dense model with the pruned heads' o_proj columns and pruned channels' down_proj
     columns zeroed: what the pruned model must compute before any regression."""
@@ -38,6 +50,14 @@ def _masked_dense(model, plan):
             for channel in range(down_weight.shape[1]):
                 if channel not in record.kept_channels:
                     down_weight[:, channel] = 0
+        if model.config.model_type == "olmo2":  # its q/k norms span the kept heads only
+            attn = layer.self_attn
+            attn.q_norm = _RmsOverRows(
+                attn.q_norm, [h * head_dim + i for h in record.kept_heads for i in range(head_dim)]
+            )
+            attn.k_norm = _RmsOverRows(
+                attn.k_norm, [h * head_dim + i for h in record.kept_kv_heads for i in range(head_dim)]
+            )
     return masked
 
 

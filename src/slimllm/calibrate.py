@@ -92,7 +92,9 @@ def capture_layer_inputs(
     last = len(originals) - 1
     captured: list[LayerBatch] = []
     try:
-        with on_device(adapter.embeddings(model), device), on_device(adapter.rotary(model), device):
+        with contextlib.ExitStack() as stack:
+            for module in adapter.around_layers(model):  # embeddings, rotary embeddings, ...
+                stack.enter_context(on_device(module, device))
             for start in range(0, windows.shape[0], batch_size):
                 record: dict = {"layer_kwargs": []}
                 for index, layer in enumerate(originals):

@@ -47,6 +47,7 @@ def prune_heads(adapter: ModelAdapter, layer: nn.Module, kept_heads: list[int]) 
     local_kv = {kv: i for i, kv in enumerate(kept_kv)}
     query_to_kv = [local_kv[parts.query_to_kv[h]] for h in kept_heads]
     q_rows, kv_rows = _head_rows(kept_heads, parts.head_dim), _head_rows(kept_kv, parts.head_dim)
+    adapter.slice_head_parameters(layer, q_rows, kv_rows)
     adapter.set_attention(
         layer,
         q_proj=slice_linear(parts.q_proj, rows=q_rows),

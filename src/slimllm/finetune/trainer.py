@@ -82,7 +82,7 @@ def training_arguments(
         data_seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        activation_checkpointing=config.gradient_checkpointing,
+        **{_checkpointing_argument(TrainingArguments): config.gradient_checkpointing},
         label_names=["labels"],
         # Every LoRA parameter takes part in every step; DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
@@ -230,3 +230,9 @@ def train(trainer, resume_from: str | None = None) -> dict:
         "train_seconds": time.perf_counter() - start,
         "losses": loss_history(state.log_history),
     }
+
+
+def _checkpointing_argument(training_arguments: type) -> str:
+    """transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing``."""
+    fields = getattr(training_arguments, "__dataclass_fields__", {})
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"

@@ -171,9 +171,11 @@ def _uneven_gqa_attention(module, query, key, value, attention_mask, **kwargs):
         index = torch.tensor(module.slimllm_query_to_kv, dtype=torch.long, device=key.device)
         module.slimllm_kv_index[key.device] = index
     key, value = key.index_select(1, index), value.index_select(1, index)
-    family_eager = sys.modules[type(module).__module__].eager_attention_forward
     implementation = module.config.base._attn_implementation
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, family_eager)
+    if implementation in (None, "eager"):  # each family has its own eager function (soft-capping, sinks, ...)
+        attention = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        attention = ALL_ATTENTION_FUNCTIONS[implementation]
     return attention(module, query, key, value, attention_mask, **kwargs)
 
 

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 from slimllm.modeling import MODEL_TYPE_PREFIX
 from slimllm.models.base import ModelAdapter, UnsupportedModelError
-from slimllm.models.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from slimllm.models.gemma import Gemma2Adapter, Gemma3TextAdapter
+from slimllm.models.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
+from slimllm.models.olmo2 import Olmo2Adapter
+from slimllm.models.phi3 import Phi3Adapter
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {
-    adapter.model_type: adapter for adapter in (LlamaAdapter, MistralAdapter, Qwen2Adapter)
+    adapter.model_type: adapter
+    for adapter in (
+        LlamaAdapter,
+        MistralAdapter,
+        Qwen2Adapter,
+        Qwen3Adapter,
+        Gemma2Adapter,
+        Gemma3TextAdapter,
+        Phi3Adapter,
+        Olmo2Adapter,
+    )
 }
 
 

@@ -9,6 +9,8 @@ from torch import nn
 
 from slimllm.modeling import configure_layer, layer_query_to_kv, layer_shape_record, pruned_classes
 
+__all__ = ["AttentionParts", "MlpParts", "ModelAdapter", "UnsupportedModelError", "configure_layer", "copy_buffers"]
+
 
 class UnsupportedModelError(ValueError):
     """The model's architecture is not one slimllm can prune."""
@@ -107,8 +109,13 @@ class ModelAdapter:
     def embeddings(self, model: nn.Module) -> nn.Embedding:
         return model.model.embed_tokens
 
-    def rotary(self, model: nn.Module) -> nn.Module:
-        return model.model.rotary_emb
+    def around_layers(self, model: nn.Module) -> list[nn.Module]:
+        """What the decoder runs before its layers (embeddings, rotary embeddings, ...), with parameters or buffers."""
+        return [
+            module
+            for name, module in model.model.named_children()
+            if name != "layers" and next(iter([*module.parameters(), *module.buffers()]), None) is not None
+        ]
 
     def attention(self, layer: nn.Module) -> AttentionParts:
         attn = layer.self_attn
@@ -118,6 +125,10 @@ class ModelAdapter:
 
     def mlp(self, layer: nn.Module) -> MlpParts:
         return MlpParts(layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+
+    def slice_head_parameters(self, layer: nn.Module, q_rows: list[int], kv_rows: list[int]) -> None:
+        """Slice parameters other than q/k/v/o that have one slot per query or key/value row
+        (none in most families; OLMo 2's q/k norms span the whole projection width)."""
 
     def set_attention(self, layer: nn.Module, *, query_to_kv: list[int] | None = None, **projections) -> None:
         """Install new q/k/v/o projections (any subset) and, with them, a new query->kv map."""

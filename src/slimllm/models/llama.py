@@ -1,22 +1,25 @@
-"""LLaMA-layout families: LLaMA 1/2/3 (and Vicuna, SmolLM2), Mistral, Qwen2."""
+"""LLaMA-layout families: LLaMA 1/2/3 (and Vicuna, SmolLM2), Mistral, Qwen2, Qwen3."""
 
 from __future__ import annotations
 
 from slimllm.models.base import ModelAdapter, UnsupportedModelError
 
-_GATED_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu")
+_GATED_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
 
 
-def _check_activation(config) -> None:
-    if getattr(config, "hidden_act", "silu") not in _GATED_ACTIVATIONS:
-        raise UnsupportedModelError(f"unsupported FFN activation {config.hidden_act!r}")
+def check_activation(config) -> None:
+    activation = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None) or "silu"
+    if activation not in _GATED_ACTIVATIONS:
+        raise UnsupportedModelError(f"unsupported FFN activation {activation!r}")
 
 
 class LlamaAdapter(ModelAdapter):
+    """LLaMA 1/2/3.x (RoPE scaling is the stock rotary embedding's business)."""
+
     model_type = "llama"
 
     def check_supported(self, config) -> None:
-        _check_activation(config)
+        check_activation(config)
         if (getattr(config, "pretraining_tp", 1) or 1) > 1:
             raise UnsupportedModelError("LLaMA checkpoints with pretraining_tp > 1 are not supported")
 
@@ -25,7 +28,7 @@ class MistralAdapter(ModelAdapter):
     model_type = "mistral"
 
     def check_supported(self, config) -> None:
-        _check_activation(config)
+        check_activation(config)
 
 
 class Qwen2Adapter(ModelAdapter):
@@ -34,4 +37,13 @@ class Qwen2Adapter(ModelAdapter):
     model_type = "qwen2"
 
     def check_supported(self, config) -> None:
-        _check_activation(config)
+        check_activation(config)
+
+
+class Qwen3Adapter(ModelAdapter):
+    """Qwen3: per-head q/k RMS norms over the head dimension, shared by all heads: untouched."""
+
+    model_type = "qwen3"
+
+    def check_supported(self, config) -> None:
+        check_activation(config)

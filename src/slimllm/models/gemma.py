@@ -1,0 +1,26 @@
+"""Gemma 2 and Gemma 3 (text): GeGLU, norms before and after attention and FFN, a query
+pre-attention scalar, soft-capping (Gemma 2), sliding-window and global layers.
+
+Nothing here needs more than the LLaMA names: the regression fits ``o_proj``/``down_proj``
+outputs, which come before the post-norms, and every other Gemma detail lives in the stock
+modules the pruned model is built from.
+"""
+
+from __future__ import annotations
+
+from slimllm.models.base import ModelAdapter
+from slimllm.models.llama import check_activation
+
+
+class Gemma2Adapter(ModelAdapter):
+    model_type = "gemma2"
+
+    def check_supported(self, config) -> None:
+        check_activation(config)
+
+
+class Gemma3TextAdapter(ModelAdapter):
+    model_type = "gemma3_text"
+
+    def check_supported(self, config) -> None:
+        check_activation(config)
