@@ -1,4 +1,4 @@
-"""Layer-wise pruning ratios (method.md §6) and the solver that hits a parameter target.
+"""Layer-wise pruning ratios (docs/method.md §6) and the solver that hits a parameter target.
 
 Eq. 11: for the L_p layers with the highest input/output cosine c_l,
     r_l = r_0 · L_p · exp(α c_l) / Σ_{k∈S} exp(α c_k),

@@ -1,4 +1,4 @@
-"""Output recovery after pruning a sub-layer (method.md §5) and FLAP's bias compensation.
+"""Output recovery after pruning a sub-layer (docs/method.md §5) and FLAP's bias compensation.
 
 SlimLLM's regression fits, for every output column c separately, O_c ≈ A_c · Ô_c + B_c by
 ordinary least squares with an intercept, O being the dense sub-layer output and Ô the output

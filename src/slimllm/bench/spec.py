@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from slimllm.eval.harness import TASKS
 
-# SlimLLM's ablations (method.md, the paper's Table 5) as PruneConfig overrides.
+# SlimLLM's ablations (docs/method.md, the paper's Table 5) as PruneConfig overrides.
 ABLATIONS: dict[str, dict] = {
     "no-greedy": {"greedy": False},
     "no-feature-space": {"feature_space": False},

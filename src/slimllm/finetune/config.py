@@ -1,4 +1,4 @@
-"""FinetuneConfig: the settings of a LoRA recovery run; defaults are the paper's recipe (method.md §7)."""
+"""FinetuneConfig: the settings of a LoRA recovery run; defaults are the paper's recipe (docs/method.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FFN channel importance in the feature space of the FFN output (method.md §4).
+"""FFN channel importance in the feature space of the FFN output (docs/method.md §4).
 
 For output Y = H W_down (row convention) with covariance Cov(Y) = Q diag(M) Qᵀ:
     W' = W_down Q,  C_k = sigmoid(|M_k| / mean|M|),  I^d_j = ‖W'_j ⊙ C‖₂,
