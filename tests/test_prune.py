@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import slimllm
-from conftest import VOCAB, logits, tiny_llama
+from conftest import FAMILIES, VOCAB, logits, tiny_llama
 from slimllm import PruneConfig
 from slimllm.config import ConfigError
 from slimllm.data.sources import DataSourceError, calibration_windows
@@ -108,9 +108,8 @@ def test_regression_reduces_output_error(calib_data):
     assert errors[True] < errors[False]
 
 
-def test_plan_replay_save_and_reload(tmp_path, calib_data):
-    model = tiny_llama()
-    pruned, plan = slimllm.prune(model, None, _config(), data=calib_data, progress=False)
+def test_plan_replay_save_and_reload(tiny_model, tmp_path, calib_data):
+    pruned, plan = slimllm.prune(tiny_model, None, _config(), data=calib_data, progress=False)
     out = slimllm.save(pruned, None, plan, tmp_path / "pruned")
     names = set(os.listdir(out))
     assert {"model.safetensors", "config.json", "modeling_slimllm.py", "slimllm_plan.json",
@@ -118,7 +117,7 @@ def test_plan_replay_save_and_reload(tmp_path, calib_data):
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
 
     # rebuild from the dense model plus the saved plan: identical weights
-    rebuilt = slimllm.apply_plan(model, PrunePlan.load(out))
+    rebuilt = slimllm.apply_plan(tiny_model, PrunePlan.load(out))
     expected = pruned.state_dict()
     assert all(torch.equal(expected[k], v) for k, v in rebuilt.state_dict().items())
 
@@ -126,31 +125,43 @@ def test_plan_replay_save_and_reload(tmp_path, calib_data):
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded) is type(pruned)
     ids = torch.randint(0, VOCAB, (2, 16))
     torch.testing.assert_close(logits(reloaded, ids), logits(pruned, ids), rtol=0, atol=0)
     generated = reloaded.generate(ids[:1, :5], max_new_tokens=6, do_sample=False)
     assert torch.equal(generated, pruned.generate(ids[:1, :5], max_new_tokens=6, do_sample=False))
 
-    # trust_remote_code in a process where slimllm cannot be imported
-    torch.save(ids, tmp_path / "ids.pt")
-    torch.save(logits(pruned, ids), tmp_path / "expected.pt")
+
+def test_every_family_loads_through_remote_code_without_slimllm(tmp_path, calib_data):
+    """trust_remote_code, in a process where slimllm cannot be imported, gives identical logits."""
+    from safetensors.torch import save_file
+
+    ids = torch.randint(0, VOCAB, (2, 16))
+    tensors = {"ids": ids}
+    for family, make in FAMILIES.items():
+        pruned, plan = slimllm.prune(make(), None, _config(), data=calib_data, progress=False)
+        slimllm.save(pruned, None, plan, tmp_path / family)
+        tensors[family] = logits(pruned, ids)
+    save_file(tensors, str(tmp_path / "expected.safetensors"))
     script = textwrap.dedent(f"""
         import sys
         sys.modules["slimllm"] = None  # any import of slimllm now fails
         import torch
+        from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
-        assert "slimllm" not in type(model).__module__.split(".")[0], type(model).__module__
-        ids = torch.load({str(tmp_path / "ids.pt")!r})
-        with torch.no_grad():
-            got = model(input_ids=ids).logits
-        torch.testing.assert_close(got, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
-        print("REMOTE-CODE-OK", type(model).__module__)
+        expected = load_file({str(tmp_path / "expected.safetensors")!r})
+        for family in {sorted(FAMILIES)!r}:
+            model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r} + "/" + family, trust_remote_code=True)
+            assert "slimllm" not in type(model).__module__.split(".")[0], type(model).__module__
+            with torch.no_grad():
+                got = model.eval()(input_ids=expected["ids"]).logits
+            torch.testing.assert_close(got, expected[family], rtol=0, atol=0)
+            print("REMOTE-CODE-OK", family, type(model).__name__)
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "REMOTE-CODE-OK" in result.stdout
+    assert result.stdout.count("REMOTE-CODE-OK") == len(FAMILIES)
 
 
 def test_existing_output_folder_is_refused_and_kept(tmp_path, calib_data):

@@ -13,6 +13,7 @@ from slimllm.modeling.modeling_slimllm import (
     layer_query_to_kv,
     layer_shape_record,
     legacy_family,
+    regular_group_size,
 )
 
 for _model_type, (_config_class, _model_class) in PRUNED_CLASSES.items():
@@ -41,4 +42,5 @@ __all__ = [
     "layer_shape_record",
     "legacy_family",
     "pruned_classes",
+    "regular_group_size",
 ]
