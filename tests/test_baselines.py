@@ -285,3 +285,11 @@ def test_eq11_suffix_gives_a_baseline_slimllm_layer_selection(calib_data):
     assert [round(r.ratio, 6) for r in slim_plan.layers] == pytest.approx(
         [round(r.ratio, 6) for r in wanda_plan.layers], abs=0.02
     )
+
+
+def test_taylor_refuses_fused_projections_instead_of_scoring_zeros(calib_data):
+    from conftest import tiny_phi3
+    from slimllm.models import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="fuses"):
+        slimllm.prune(tiny_phi3(), None, PruneConfig(ratio=0.3, method="taylor"), data=calib_data, progress=False)

@@ -33,6 +33,7 @@ import torch
 from slimllm.allocation import Allocation, AllocationError, removed_params
 from slimllm.calibrate import hooks, on_device, run_layer
 from slimllm.importance import AttentionStats, MlpStats, Selection, lowest_scores_pruned
+from slimllm.models.base import UnsupportedModelError
 from slimllm.plan import Recovery
 from slimllm.recovery import bias_compensation
 from slimllm.stats import Moments
@@ -207,6 +208,11 @@ class TaylorScores:
         layers = list(adapter.layers(model))
         params = [p for layer in layers for p in _projection_weights(adapter, layer)]
         all_params = list(model.parameters())
+        if not {id(p) for p in params} <= {id(p) for p in all_params}:
+            raise UnsupportedModelError(
+                f"taylor needs each projection's own weight gradient; {model.config.model_type} fuses its "
+                "projections (q/k/v or gate/up), so use another method"
+            )
         flags = [p.requires_grad for p in all_params]
         home = next(model.parameters()).device
         try:
