@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import slimllm
-from conftest import VOCAB, logits, tiny_llama
 from slimllm import PruneConfig
 from slimllm.allocation import AllocationError, LayerCosts, removed_params
 from slimllm.importance import AttentionStats, MlpStats
@@ -19,6 +18,7 @@ from slimllm.models import adapter_for
 from slimllm.prune import count_parameters
 from slimllm.recovery import fold_into_linear
 from slimllm.stats import Moments
+from tiny_models import VOCAB, logits, tiny_llama
 
 N_TOKENS = 64
 
@@ -288,8 +288,8 @@ def test_eq11_suffix_gives_a_baseline_slimllm_layer_selection(calib_data):
 
 
 def test_taylor_refuses_fused_projections_instead_of_scoring_zeros(calib_data):
-    from conftest import tiny_phi3
     from slimllm.models import UnsupportedModelError
+    from tiny_models import tiny_phi3
 
     with pytest.raises(UnsupportedModelError, match="fuses"):
         slimllm.prune(tiny_phi3(), None, PruneConfig(ratio=0.3, method="taylor"), data=calib_data, progress=False)

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_llama
 from slimllm.bench import BenchSpec, Cell, measure, run_bench
 from slimllm.bench import runner as bench_runner
 from slimllm.cli import build_parser, main
 from slimllm.commands.bench import spec_from_args
 from test_eval_support import byte_tokenizer
 from test_eval_support import tiny_llama as tiny_byte_llama
+from tiny_models import VOCAB, tiny_llama
 
 TINY_SPEED = dict(speed_runs=1, prefill_tokens=16, decode_tokens=2, decode_prompt=4)
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import FAMILIES, VOCAB, logits, tiny_llama
 from slimllm.io import _legacy_config
 from slimllm.modeling import is_pruned_config, pruned_classes
 from slimllm.models import UnsupportedModelError, adapter_for, family_of, supported_model_types
 from slimllm.surgery import slice_linear
+from tiny_models import FAMILIES, VOCAB, logits, tiny_llama
 
 UNEVEN = {"query_to_kv": [0, 1, 1], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True}
 EMPTY_KV = {"query_to_kv": [0, 0], "intermediate_size": 8, "o_proj_bias": False, "down_proj_bias": True}

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import slimllm
-from conftest import FAMILIES, VOCAB, logits, tiny_llama
 from slimllm import PruneConfig
 from slimllm.config import ConfigError
 from slimllm.data.sources import DataSourceError, calibration_windows
 from slimllm.io import ModelSourceError, OutputExistsError
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.prune import count_parameters
+from tiny_models import FAMILIES, VOCAB, logits, tiny_llama
 
 
 def _config(**overrides):
@@ -274,9 +274,18 @@ def test_ratio_of_decoder_counts_the_layers_only(calib_data):
 
 
 def test_group_mode_on_a_single_kv_head_says_use_query(calib_data):
-    from conftest import tiny_gemma3
+    from tiny_models import tiny_gemma3
 
     with pytest.raises(ConfigError, match="--gqa query"):
         slimllm.prune(tiny_gemma3(num_key_value_heads=1), None, _config(gqa="group"), data=calib_data, progress=False)
     _, plan = slimllm.prune(tiny_gemma3(num_key_value_heads=1), None, _config(), data=calib_data, progress=False)
     assert any(len(r.kept_heads) < 6 for r in plan.layers)
+
+
+def test_a_truncated_weight_file_is_named_in_a_clear_error(tmp_path, calib_data):
+    pruned, plan = slimllm.prune(tiny_llama(), None, _config(), data=calib_data, progress=False)
+    out = slimllm.save(pruned, None, plan, tmp_path / "pruned")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelSourceError, match=r"model\.safetensors is not a readable safetensors file"):
+        slimllm.load(out)

@@ -151,6 +151,7 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         if path.exists():
             if not (path / "config.json").is_file():
                 raise ModelSourceError(f"{path} is not a model folder: no config.json")
+            check_weight_files(path)
             folder = path
         elif _looks_like_local_path(text):
             raise ModelSourceError(f"model path not found: {text}")
@@ -165,6 +166,22 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         raise ModelSourceError(f"cannot load model {text!r}: {error}") from error
     model.eval()
     return model.to(device or "cpu"), tokenizer
+
+
+def check_weight_files(folder: str | os.PathLike) -> None:
+    """Read the header of every safetensors file in ``folder``: a truncated or corrupted file gets
+    an error naming it, not a traceback from deep inside ``from_pretrained``."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error types for each defect
+            raise ModelSourceError(
+                f"{path} is not a readable safetensors file ({error}): it is truncated or corrupted; "
+                "copy, download or export it again"
+            ) from error
 
 
 def _legacy_config(folder) -> dict:
