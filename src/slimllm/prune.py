@@ -7,7 +7,6 @@ channels → surgery + regression → the pruned layer's outputs feed the next l
 
 from __future__ import annotations
 
-import platform
 import time
 from contextlib import contextmanager
 
@@ -32,13 +31,9 @@ from slimllm.methods import Method, NoRecovery, _allocate_with, build_method, pa
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
+from slimllm.runtime import count_parameters, versions
 from slimllm.stats import Moments, PairedColumnMoments
 from slimllm.surgery import prune_channels, prune_heads, recover_attention, recover_mlp
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Distinct parameters (tied embeddings counted once), as the paper counts."""
-    return sum(p.numel() for p in module.parameters())
 
 
 class _Timer:
@@ -230,20 +225,6 @@ def _adds_bias(method: Method) -> bool:
     return type(method.recovery) is not NoRecovery
 
 
-def _versions() -> dict:
-    import transformers
-
-    from slimllm import __version__
-
-    return {
-        "slimllm": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def prune(
     model: torch.nn.Module,
     tokenizer=None,
@@ -338,7 +319,7 @@ def prune(
     plan.report = {
         "settings": config.to_dict(),
         "calibration": calib_info,
-        "versions": _versions(),
+        "versions": versions(),
         "params": {
             "dense": dense_params,
             "pruned": pruned_params,

@@ -13,7 +13,6 @@ import datetime
 import gc
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from slimllm.bench.spec import BenchSpec, Cell
 from slimllm.config import PruneConfig
 from slimllm.eval.harness import zero_shot
 from slimllm.eval.ppl import perplexity_of_stream
+from slimllm.runtime import count_parameters, release_memory, write_json_atomic
 
 CELLS_DIR = "cells"
 RESULTS_JSON = "results.json"
@@ -34,9 +34,7 @@ FORMAT_VERSION = 1
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1, default=_json_default)
 
 
 def _json_default(value):
@@ -203,7 +201,7 @@ class Bench:
         evaluation = self.evaluate(self.model, with_tasks=cell.zero_shot)
         record = self._base_record(cell)
         record.update(
-            params={"dense": _count(self.model), "pruned": _count(self.model), "realised_ratio": 0.0},
+            params={"dense": (dense := count_parameters(self.model)), "pruned": dense, "realised_ratio": 0.0},
             eval={"perplexity": evaluation["perplexity"], "zero_shot": evaluation["zero_shot"]},
             wall_s={"eval": time.perf_counter() - start},
         )
@@ -216,7 +214,7 @@ class Bench:
         from slimllm.prune import prune
 
         config = prune_config(self.spec, cell)
-        _release_memory()
+        release_memory()
         memory = measure.PeakMemory(config.device)
         start = time.perf_counter()
         with _captured_logs() as notes, memory:
@@ -370,18 +368,6 @@ def code_version() -> dict:
     return {"src_sha256": digest.hexdigest()[:16], "git": git}
 
 
-def _release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc), so one cell's peak RSS
-    does not start from the memory an earlier cell left allocated."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -393,10 +379,6 @@ def _previous_results(out: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         return {}
     return previous if isinstance(previous, dict) else {}
-
-
-def _count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _one_line(record: dict) -> str:

@@ -159,7 +159,7 @@ def run(args) -> int:
     if args.json:
         write_json(report, args.json)
     if args.markdown:
-        from slimllm.eval.report import write_text_atomic
+        from slimllm.runtime import write_text_atomic
 
         write_text_atomic(args.markdown, markdown_report(report))
     return 0

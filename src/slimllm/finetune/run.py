@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -25,15 +23,15 @@ from slimllm.config import ConfigError
 from slimllm.finetune.config import FinetuneConfig
 from slimllm.finetune.data import FinetuneData, prepare_data
 from slimllm.finetune.lora import attach_lora, merge_lora
-from slimllm.finetune.trainer import build_trainer, train, world_size, write_json
+from slimllm.finetune.trainer import build_trainer, train, world_size
 from slimllm.io import REPORT_FILE, OutputExistsError, atomic_output_dir, load, save
 from slimllm.modeling import is_pruned_config
 from slimllm.plan import PLAN_FILE, PrunePlan
+from slimllm.runtime import versions, write_json_atomic
 
 FINETUNE_LOG = "slimllm_finetune.json"
 RUN_SETTINGS = "slimllm_finetune_run.json"
 LOG_VERSION = 1
-VERSIONED_PACKAGES = ("slimllm", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers")
 PLAN_NOTE = (
     "the weights were LoRA-fine-tuned after pruning: slimllm_plan.json records what the pruning removed, "
     "and replaying it gives the pruned weights from before this fine-tune"
@@ -181,7 +179,7 @@ def prepare_work_dir(work_dir: Path, identity: dict, *, resume: bool, overwrite:
             shutil.rmtree(work_dir)
     if _is_main_process():
         work_dir.mkdir(parents=True, exist_ok=True)
-        write_json(settings, identity)
+        write_json_atomic(settings, identity)
     return last if resume else None
 
 
@@ -202,16 +200,6 @@ def _input_records(model_source) -> tuple[PrunePlan | None, dict]:
     report_path = folder / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     return plan, report
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
 
 
 def _base_record(model_source, model, peft_model, plan, data, config, output, work_dir, merge) -> dict:
@@ -283,7 +271,7 @@ def save_output(
             else:  # a dense model tuned as it is: a plain Hugging Face folder
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
-                write_json(tmp / REPORT_FILE, report)
+                write_json_atomic(tmp / REPORT_FILE, report)
         else:
             source = Path(record["model"]["source"]).expanduser()
             if source.exists():  # so PeftModel.from_pretrained finds the base from anywhere
@@ -291,4 +279,4 @@ def save_output(
             peft_model.save_pretrained(tmp)
         clock.lap("save")
         record["timings_s"] = dict(clock.laps)
-        write_json(tmp / FINETUNE_LOG, record)
+        write_json_atomic(tmp / FINETUNE_LOG, record)

@@ -8,7 +8,6 @@ gradient-accumulation count that keeps the effective batch at ``batch_size``.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from slimllm.finetune.config import FinetuneConfig
 from slimllm.finetune.data import IGNORE_INDEX, FinetuneData
+from slimllm.runtime import write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -121,14 +121,6 @@ def loss_history(log_history: list[dict]) -> dict[str, list[dict]]:
     return {"train": train, "validation": validation}
 
 
-def write_json(path: str | Path, data: dict) -> None:
-    """Write ``data`` through a temporary file so a reader never sees half a log."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 class LossLogCallback(TrainerCallback):
     """Keeps a JSON log (``record`` + losses so far) up to date on the main process.
 
@@ -144,7 +136,7 @@ class LossLogCallback(TrainerCallback):
 
     def write(self, state) -> None:
         progress = {"status": "running", "step": state.global_step, "max_steps": state.max_steps}
-        write_json(self.path, {**self.record, **progress, "losses": loss_history(state.log_history)})
+        write_json_atomic(self.path, {**self.record, **progress, "losses": loss_history(state.log_history)})
         self.last_write = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
