@@ -12,8 +12,7 @@ import slimllm
 from slimllm import PruneConfig
 from slimllm.allocation import AllocationError, LayerCosts, removed_params
 from slimllm.importance import AttentionStats, MlpStats
-from slimllm.importance import baselines as B
-from slimllm.methods import available_methods, build_method, parse_method
+from slimllm.methods import available_methods, build_method, flap, parse_method, simple, taylor
 from slimllm.models import adapter_for
 from slimllm.prune import count_parameters
 from slimllm.recovery import fold_into_linear
@@ -68,11 +67,11 @@ def test_magnitude_is_the_summed_column_norm_of_the_output_projection(layer_part
         sum(math.sqrt(sum(w_o[i, c].item() ** 2 for i in range(w_o.shape[0]))) for c in range(8 * h, 8 * h + 8))
         for h in range(6)
     ]
-    selection = B.MagnitudeHeads().select(_attention_stats(attn, _inputs(48, 0)), 2)
+    selection = simple.MagnitudeHeads().select(_attention_stats(attn, _inputs(48, 0)), 2)
     assert selection.scores == pytest.approx(hand_heads, rel=1e-12)
     assert selection.kept == _lowest_pruned(hand_heads, 2)
     hand_channels = [w_down[:, j].norm().item() for j in range(80)]
-    selection = B.MagnitudeChannels().select(_mlp_stats(mlp, _inputs(80, 1)), 30)
+    selection = simple.MagnitudeChannels().select(_mlp_stats(mlp, _inputs(80, 1)), 30)
     assert selection.scores == pytest.approx(hand_channels, rel=1e-12)
     assert selection.kept == _lowest_pruned(hand_channels, 30)
 
@@ -83,11 +82,11 @@ def test_wanda_sp_weighs_weights_by_input_norms(layer_parts):
     w_o, w_down = attn.o_proj.weight.double(), mlp.down_proj.weight.double()
     column = [(w_o[:, c].abs() * x[:, c].norm()).mean().item() for c in range(48)]
     hand_heads = [sum(column[8 * k : 8 * k + 8]) for k in range(6)]
-    selection = B.WandaSpHeads().select(_attention_stats(attn, x), 3)
+    selection = simple.WandaSpHeads().select(_attention_stats(attn, x), 3)
     assert selection.scores == pytest.approx(hand_heads, rel=1e-9)
     assert selection.kept == _lowest_pruned(hand_heads, 3)
     hand_channels = [(w_down[:, j].abs() * h[:, j].norm()).mean().item() for j in range(80)]
-    selection = B.WandaSpChannels().select(_mlp_stats(mlp, h), 20)
+    selection = simple.WandaSpChannels().select(_mlp_stats(mlp, h), 20)
     assert selection.scores == pytest.approx(hand_channels, rel=1e-9)
     assert selection.kept == _lowest_pruned(hand_channels, 20)
 
@@ -108,11 +107,11 @@ def test_flap_standardises_the_fluctuation_metric(layer_parts):
     wifv = [var(x[:, c]) * (w_o[:, c] ** 2).sum().item() for c in range(48)]
     z = standardised([v**2 for v in wifv])  # FLAP squares the attention metric
     hand_heads = [sum(z[8 * k : 8 * k + 8]) / 8 for k in range(6)]
-    selection = B.FlapHeads().select(_attention_stats(attn, x), 2)
+    selection = flap.FlapHeads().select(_attention_stats(attn, x), 2)
     assert selection.scores == pytest.approx(hand_heads, rel=1e-8, abs=1e-10)
     assert selection.kept == _lowest_pruned(hand_heads, 2)
     hand_channels = standardised([var(h[:, j]) * (w_down[:, j] ** 2).sum().item() for j in range(80)])
-    selection = B.FlapChannels().select(_mlp_stats(mlp, h), 25)
+    selection = flap.FlapChannels().select(_mlp_stats(mlp, h), 25)
     assert selection.scores == pytest.approx(hand_channels, rel=1e-8, abs=1e-10)
     assert selection.kept == _lowest_pruned(hand_channels, 25)
 
@@ -121,8 +120,8 @@ def test_group_units_sum_their_heads(layer_parts):
     attn, _ = layer_parts
     x = _inputs(48, 6)
     units = [[0, 1, 2], [3, 4, 5]]
-    per_head = B.MagnitudeHeads().select(_attention_stats(attn, x), 0).scores
-    grouped = B.MagnitudeHeads().select(_attention_stats(attn, x, units), 1)
+    per_head = simple.MagnitudeHeads().select(_attention_stats(attn, x), 0).scores
+    grouped = simple.MagnitudeHeads().select(_attention_stats(attn, x, units), 1)
     assert grouped.scores == pytest.approx([sum(per_head[:3]), sum(per_head[3:])])
     assert grouped.kept == [max(range(2), key=lambda u: grouped.scores[u])]
 
@@ -134,7 +133,7 @@ def test_flap_bias_compensation_restores_the_mean_output(layer_parts):
     kept_heads = [0, 2, 3, 5]
     removed_cols = [c for h in (1, 4) for c in range(8 * h, 8 * h + 8)]
     x[:, removed_cols] = x[:, removed_cols].mean(0)
-    recovery = B.BiasCompensation().attention(_attention_stats(attn, x), kept_heads)
+    recovery = flap.BiasCompensation().attention(_attention_stats(attn, x), kept_heads)
     kept_cols = [c for h in kept_heads for c in range(8 * h, 8 * h + 8)]
     pruned = torch.nn.Linear(len(kept_cols), 48, bias=False).double()
     pruned.weight = torch.nn.Parameter(attn.o_proj.weight.double()[:, kept_cols])
@@ -145,7 +144,7 @@ def test_flap_bias_compensation_restores_the_mean_output(layer_parts):
     h = _inputs(80, 8)
     kept = list(range(0, 80, 2))
     h[:, 1::2] = h[:, 1::2].mean(0)
-    recovery = B.BiasCompensation().mlp(_mlp_stats(mlp, h), kept, None)
+    recovery = flap.BiasCompensation().mlp(_mlp_stats(mlp, h), kept, None)
     assert torch.equal(recovery.scale, torch.ones(48, dtype=torch.float64))
     expected = mlp.down_proj.weight.double()[:, 1::2] @ h[0, 1::2]
     torch.testing.assert_close(recovery.bias, expected, rtol=1e-10, atol=1e-10)
@@ -157,7 +156,7 @@ def test_taylor_scores_match_autograd_on_the_dense_model(calib_data):
     slim = adapter_for(model.config).to_slim(model)
     adapter = adapter_for(slim.config)
     flags = [p.requires_grad for p in slim.parameters()]
-    scores = B.TaylorScores(batch_size=len(calib_data))  # one batch: the loss is the plain mean
+    scores = taylor.TaylorScores(batch_size=len(calib_data))  # one batch: the loss is the plain mean
     scores.prepare(slim, adapter, None, calib_data, "cpu")
     assert [p.requires_grad for p in slim.parameters()] == flags  # restored
     assert all(p.grad is None for p in slim.parameters())
@@ -191,7 +190,7 @@ def test_taylor_prepare_logs_its_memory_need(calib_data, caplog):
 
 
 def test_random_is_seeded():
-    a, b, c = B.RandomScores(3), B.RandomScores(3), B.RandomScores(4)
+    a, b, c = simple.RandomScores(3), simple.RandomScores(3), simple.RandomScores(4)
     assert torch.equal(a.draw(10), b.draw(10)) and not torch.equal(a.draw(10), c.draw(10))
 
 
@@ -200,7 +199,7 @@ def test_flap_allocation_removes_the_lowest_scores_across_layers_until_the_targe
     costs = [
         LayerCosts(num_units=4, unit_params=100, width=10, channel_params=10, attn_bias_added=0, mlp_bias_added=0)
     ] * 2
-    allocation = B.FlapAllocation(adds_bias=False)
+    allocation = flap.FlapAllocation(adds_bias=False)
     allocation.head_scores = [torch.tensor([-2.0, 0.5, 1.0, 2.0]), torch.tensor([0.4, 1.1, 1.2, 1.3])]
     allocation.channel_scores = [torch.linspace(-1.0, 1.5, 10), torch.linspace(0.0, 3.0, 10)]
     config = PruneConfig(ratio=0.25, round_to=1)
@@ -231,7 +230,7 @@ def test_flap_allocation_removes_the_lowest_scores_across_layers_until_the_targe
 
 def test_flap_allocation_keeps_one_unit_per_layer():
     costs = [LayerCosts(num_units=2, unit_params=100, width=4, channel_params=10, attn_bias_added=0, mlp_bias_added=0)]
-    allocation = B.FlapAllocation(adds_bias=False)
+    allocation = flap.FlapAllocation(adds_bias=False)
     allocation.head_scores = [torch.tensor([-5.0, -4.0])]
     allocation.channel_scores = [torch.tensor([0.0, 1.0, 2.0, 3.0])]
     result = allocation(None, costs, 300, PruneConfig(ratio=0.4))

@@ -181,3 +181,61 @@ def _close_gap(
                 moved = True
         if not moved:
             return channels
+
+
+# -- the cost model ------------------------------------------------------------------------------
+def attention_units(query_to_kv: list[int], gqa: str) -> list[list[int]]:
+    """Prunable units: single query heads, or the query heads sharing each key/value head."""
+    if gqa == "query":
+        return [[h] for h in range(len(query_to_kv))]
+    return [[h for h, kv in enumerate(query_to_kv) if kv == g] for g in range(max(query_to_kv) + 1)]
+
+
+def layer_costs(model, adapter, gqa: str) -> list[LayerCosts]:
+    """What removing one unit or channel of each layer saves, and the bias recovery adds: the
+    parameter-cost model every allocator solves against."""
+    costs = []
+    for layer in adapter.layers(model):
+        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+        d, dh = attn.o_proj.out_features, attn.head_dim
+        q_bias = dh if attn.q_proj.bias is not None else 0
+        per_query_head = 2 * dh * d + q_bias
+        units = attention_units(attn.query_to_kv, gqa)
+        if gqa == "query":
+            unit_params = float(per_query_head)
+        else:
+            kv_params = 2 * (dh * d + (dh if attn.k_proj.bias is not None else 0))
+            unit_params = sum(len(u) for u in units) / len(units) * per_query_head + kv_params
+        gate_bias = 2 if mlp.gate_proj.bias is not None else 0
+        costs.append(
+            LayerCosts(
+                num_units=len(units),
+                unit_params=unit_params,
+                width=mlp.width,
+                channel_params=3 * d + gate_bias,
+                attn_bias_added=d if attn.o_proj.bias is None else 0,
+                mlp_bias_added=d if mlp.down_proj.bias is None else 0,
+            )
+        )
+    return costs
+
+
+def eq11_allocator(*, uniform: bool, adds_bias: bool):
+    """An ``allocator`` for a method: Eq. 11 (or one uniform ratio) solved for the target, counting
+    the output biases only when the method's recovery adds them."""
+
+    def allocator(cosines, costs, ratio_base, config) -> Allocation:
+        return allocate(
+            cosines,
+            costs,
+            ratio_base,
+            ratio=config.ratio,
+            pruned_layers=config.layers,
+            alpha=config.alpha,
+            max_layer_ratio=config.max_layer_ratio,
+            uniform=uniform,
+            regression=adds_bias,
+            round_to=config.round_to,
+        )
+
+    return allocator

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from slimllm.allocation import Allocation, LayerCosts, removed_params
+from slimllm.allocation import Allocation, attention_units, layer_costs, removed_params
 from slimllm.calibrate import (
     LayerBatch,
     StopForward,
@@ -27,7 +27,7 @@ from slimllm.config import ConfigError, PruneConfig
 from slimllm.data.sources import calibration_windows
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.io import resolve_dtype
-from slimllm.methods import Method, NoRecovery, _allocate_with, build_method, paired_output_hook
+from slimllm.methods import Method, build_method
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
@@ -47,40 +47,6 @@ class _Timer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-def attention_units(query_to_kv: list[int], gqa: str) -> list[list[int]]:
-    """Prunable units: single query heads, or the query heads sharing each key/value head."""
-    if gqa == "query":
-        return [[h] for h in range(len(query_to_kv))]
-    return [[h for h, kv in enumerate(query_to_kv) if kv == g] for g in range(max(query_to_kv) + 1)]
-
-
-def layer_costs(model: torch.nn.Module, adapter: ModelAdapter, gqa: str) -> list[LayerCosts]:
-    costs = []
-    for layer in adapter.layers(model):
-        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-        d, dh = attn.o_proj.out_features, attn.head_dim
-        q_bias = dh if attn.q_proj.bias is not None else 0
-        per_query_head = 2 * dh * d + q_bias
-        units = attention_units(attn.query_to_kv, gqa)
-        if gqa == "query":
-            unit_params = float(per_query_head)
-        else:
-            kv_params = 2 * (dh * d + (dh if attn.k_proj.bias is not None else 0))
-            unit_params = sum(len(u) for u in units) / len(units) * per_query_head + kv_params
-        gate_bias = 2 if mlp.gate_proj.bias is not None else 0
-        costs.append(
-            LayerCosts(
-                num_units=len(units),
-                unit_params=unit_params,
-                width=mlp.width,
-                channel_params=3 * d + gate_bias,
-                attn_bias_added=d if attn.o_proj.bias is None else 0,
-                mlp_bias_added=d if mlp.down_proj.bias is None else 0,
-            )
-        )
-    return costs
 
 
 @torch.no_grad()
@@ -126,6 +92,21 @@ def collect_mlp_stats(adapter, layer, index, batches, device) -> MlpStats:
     return MlpStats(inputs, hidden, output, parts)
 
 
+def paired_output_hook(down_proj: torch.nn.Linear, kept: list[int], moments: PairedColumnMoments):
+    """A pre-hook for ``down_proj`` that streams dense and kept-channel outputs into ``moments``."""
+    weight, bias = down_proj.weight, down_proj.bias
+    index = torch.tensor(kept, dtype=torch.long, device=weight.device)
+    kept_weight = weight.index_select(1, index)
+
+    def hook(_module, args):
+        hidden = args[0]
+        dense = torch.nn.functional.linear(hidden, weight, bias)
+        approx = torch.nn.functional.linear(hidden.index_select(-1, index), kept_weight, bias)
+        moments.update(dense, approx)
+
+    return hook
+
+
 @torch.no_grad()
 def collect_paired_outputs(adapter, layer, index, batches, kept, device) -> PairedColumnMoments:
     down = adapter.mlp(layer).down_proj
@@ -153,7 +134,7 @@ class _LayerPruner:
     def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
         self.adapter, self.method, self.config = adapter, method, config
         self.allocation, self.costs, self.device = allocation, costs, device
-        self.adds_bias = _adds_bias(method)
+        self.adds_bias = method.adds_bias
         self.surplus = 0.0  # parameters removed beyond the plan so far (kv heads that went with their queries)
 
     def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> LayerPlan:
@@ -220,11 +201,6 @@ def _check_gqa_mode(config: PruneConfig, adapter: ModelAdapter, layers) -> None:
         )
 
 
-def _adds_bias(method: Method) -> bool:
-    """Every recovery but "none" folds a new bias into the pruned projections."""
-    return type(method.recovery) is not NoRecovery
-
-
 def prune(
     model: torch.nn.Module,
     tokenizer=None,
@@ -286,10 +262,7 @@ def prune(
 
     with timer.phase("allocation"):
         costs = layer_costs(slim, adapter, config.gqa)
-        allocator = method.allocator or _allocate_with(
-            uniform=config.uniform or method.uniform_ratios, adds_bias=_adds_bias(method)
-        )
-        allocation = allocator(cosines, costs, ratio_base, config)
+        allocation = method.allocator(cosines, costs, ratio_base, config)
 
     prune_layer = _LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []

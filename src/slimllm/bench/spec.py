@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from slimllm.eval.harness import TASKS
+from slimllm.methods import available_methods
 
 # SlimLLM's ablations (docs/method.md, the paper's Table 5) as PruneConfig overrides.
 ABLATIONS: dict[str, dict] = {
@@ -26,7 +27,8 @@ ABLATION_FLAGS = {
     "uniform": "--uniform",
     "keep-lowest-0": "--keep-lowest 0",
 }
-DEFAULT_METHODS = ("slimllm", "magnitude", "wanda-sp", "flap", "taylor", "random")
+# Every registered method (SlimLLM and the baselines), in listing order.
+DEFAULT_METHODS = tuple(available_methods())
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import time
 
 
 def register(subparsers) -> None:
+    from slimllm.methods import method_help
+
     p = subparsers.add_parser(
         "prune",
         help="prune a model with SlimLLM and save it",
@@ -28,8 +30,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--method",
         default="slimllm",
-        help="slimllm | magnitude | wanda-sp | flap | taylor | random; NAME@slimllm, NAME@uniform or "
-        "NAME@flap overrides the layer ratios the method was published with",
+        help=f"{method_help()}. NAME@slimllm, NAME@uniform or NAME@flap overrides the layer ratios the method "
+        "was published with",
     )
     p.add_argument(
         "--calib", default="bookcorpus", help="bookcorpus | lambada | FILE.txt | FILE.jsonl | hf:NAME[:CONFIG]"

@@ -1,0 +1,126 @@
+"""What a pruning method is, and the registry ``--method``, ``slimllm bench`` and the help read.
+
+A method is a head criterion, a channel criterion and a recovery (:class:`Criteria`), plus the
+layer ratios it was published with. Criteria ``select(stats, num_prune) -> Selection`` on the
+streaming statistics of one layer; a recovery returns the per-column scale and bias folded into
+the pruned output projection and says whether it adds a bias (the parameter target counts it)
+and whether it needs the second, paired pass over the FFN output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from slimllm.config import PruneConfig
+from slimllm.importance import AttentionStats, MlpStats, Selection
+from slimllm.plan import Recovery
+from slimllm.recovery import attention_regression, paired_regression
+from slimllm.stats import PairedColumnMoments
+
+
+class HeadCriterion(Protocol):
+    name: str
+
+    def select(self, stats: AttentionStats, num_prune: int) -> Selection: ...
+
+
+class ChannelCriterion(Protocol):
+    name: str
+
+    def select(self, stats: MlpStats, num_prune: int) -> Selection: ...
+
+
+class RecoveryMethod(Protocol):
+    name: str
+    adds_bias: bool  # folds a new bias into the pruned output projections (the target counts it)
+    needs_output_pass: bool  # needs the paired dense/pruned FFN output moments
+
+    def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None: ...
+
+    def mlp(self, stats: MlpStats, kept: list[int], paired: PairedColumnMoments | None) -> Recovery | None: ...
+
+
+class NoRecovery:
+    name = "none"
+    adds_bias = False
+    needs_output_pass = False
+
+    def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None:
+        return None
+
+    def mlp(self, stats: MlpStats, kept: list[int], paired: PairedColumnMoments | None) -> Recovery | None:
+        return None
+
+
+class RegressionRecovery(NoRecovery):
+    """SlimLLM's per-column least squares, folded into o_proj/down_proj as scale plus bias."""
+
+    name = "regression"
+    adds_bias = True
+    needs_output_pass = True
+
+    def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery:
+        return attention_regression(stats.o_input, stats.parts.o_proj.weight, kept_heads, stats.parts.head_dim)
+
+    def mlp(self, stats: MlpStats, kept: list[int], paired: PairedColumnMoments | None) -> Recovery:
+        if paired is None:
+            raise ValueError("the regression needs the paired output pass")
+        return paired_regression(paired)
+
+
+# prepare(model, adapter, layer0_batches, windows, device): sees the whole dense model first
+Prepare = Callable[..., None]
+# allocator(cosines, costs, ratio_base, config) -> Allocation: the per-layer head/channel counts
+Allocator = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Criteria:
+    heads: HeadCriterion
+    channels: ChannelCriterion
+    recovery: RecoveryMethod
+    prepare: Prepare | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its name, a one-line summary, the layer ratios it was published with
+    (``eq11``, ``uniform`` or ``flap``) and how to build its criteria from a :class:`PruneConfig`."""
+
+    name: str
+    summary: str
+    default_allocation: str
+    build: Callable[[PruneConfig], Criteria]
+
+
+@dataclass
+class Method:
+    """What ``--method`` selects, ready to run: criteria, recovery, allocator and preparation."""
+
+    name: str
+    heads: HeadCriterion
+    channels: ChannelCriterion
+    recovery: RecoveryMethod
+    allocation: str
+    allocator: Allocator
+    prepare: Prepare | None = None
+
+    @property
+    def adds_bias(self) -> bool:
+        return self.recovery.adds_bias
+
+    @property
+    def uniform_ratios(self) -> bool:
+        return self.allocation == "uniform"
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
