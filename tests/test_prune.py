@@ -234,6 +234,9 @@ def test_cli_prunes_a_local_model(tmp_path):
     report = json.loads((out / "slimllm_report.json").read_text())
     assert abs(report["params"]["realised_ratio"] - 0.25) < 0.01
     assert report["settings"]["calib"] == str(calib) and report["calibration"]["tokens"] == 2000
+    seconds = report["seconds"]  # written once, inside the temporary folder, with every phase
+    assert {"load_model", "total", "save", "end_to_end"} <= seconds.keys()
+    assert seconds["end_to_end"] >= seconds["load_model"] + seconds["total"]
     assert sorted(os.listdir(src)) == before  # the input folder is untouched
     assert main(["prune", *args]) == 2  # existing output folder
     assert main(["prune", str(tmp_path / "nope"), "--ratio", "0.2", "--output", str(tmp_path / "x")]) == 2

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -247,8 +248,15 @@ def save(
     report: dict | None = None,
     overwrite: bool = False,
     max_shard_size: str = "2GB",
+    started: float | None = None,
 ) -> Path:
-    """Write a pruned model folder that ``from_pretrained`` (with or without slimllm) reloads."""
+    """Write a pruned model folder that ``from_pretrained`` (with or without slimllm) reloads.
+
+    The report (``report``, else ``plan.report``) is written last, inside the temporary folder,
+    with ``seconds.save`` (and ``seconds.end_to_end`` from ``started``, a ``time.perf_counter()``
+    value) filled in: the folder is complete when it appears and is never rewritten after.
+    """
+    save_start = time.perf_counter()
     if not is_pruned_config(model.config):
         raise TypeError("slimllm.save expects a model returned by slimllm.prune (a pruned-model class)")
     output = Path(output)
@@ -266,5 +274,9 @@ def save(
             plan.save(tmp)
         report = report if report is not None else getattr(plan, "report", None)
         if report is not None:
+            seconds = report.setdefault("seconds", {})
+            seconds["save"] = time.perf_counter() - save_start
+            if started is not None:
+                seconds["end_to_end"] = time.perf_counter() - started
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return output

@@ -121,11 +121,10 @@ def run(args) -> int:
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
 
-    import json
     from pathlib import Path
 
     import slimllm
-    from slimllm.io import REPORT_FILE, ModelSourceError, OutputExistsError
+    from slimllm.io import ModelSourceError, OutputExistsError
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -146,15 +145,11 @@ def run(args) -> int:
     plan.source = str(args.model)
     plan.report["model"] = str(args.model)
     plan.report["seconds"]["load_model"] = load_seconds
-    save_start = time.perf_counter()
     try:
-        slimllm.save(pruned, tokenizer, plan, output, overwrite=args.overwrite)
+        slimllm.save(pruned, tokenizer, plan, output, overwrite=args.overwrite, started=start)
     except OutputExistsError as error:
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
-    plan.report["seconds"]["save"] = time.perf_counter() - save_start
-    plan.report["seconds"]["end_to_end"] = time.perf_counter() - start
-    (output / REPORT_FILE).write_text(json.dumps(plan.report, indent=2, default=str) + "\n")
     if not args.quiet:
         print_summary(plan.report, str(output))
     return 0
