@@ -6,6 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
+from slimllm.bench.files import RESULTS_JSON, RESULTS_MD, write_record
 from slimllm.eval.harness import TASKS
 from slimllm.eval.report import PPL_LABELS, TASK_LABELS
 
@@ -567,7 +568,6 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
 # -- all outputs -----------------------------------------------------------------------------------
 def write_outputs(spec, records: list[dict], *, out: Path, command, invocations: list[dict], skipped, machine) -> dict:
     """results.json (every number and setting), results.md (the tables) and the PNG plots."""
-    from slimllm.bench.runner import RESULTS_JSON, RESULTS_MD, _write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -615,6 +615,6 @@ def write_outputs(spec, records: list[dict], *, out: Path, command, invocations:
         "cells": records,
     }
     results["plots"] = plot_all(results, pruned, out)
-    _write_json(out / RESULTS_JSON, results)
+    write_record(out / RESULTS_JSON, results)
     (out / RESULTS_MD).write_text(markdown(results))
     return results

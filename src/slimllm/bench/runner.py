@@ -21,28 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from slimllm.bench import measure
+from slimllm.bench.files import CELLS_DIR, FORMAT_VERSION, RESULTS_JSON, write_record
 from slimllm.bench.spec import BenchSpec, Cell
 from slimllm.config import PruneConfig
 from slimllm.eval.harness import zero_shot
 from slimllm.eval.ppl import perplexity_of_stream
-from slimllm.runtime import count_parameters, release_memory, write_json_atomic
-
-CELLS_DIR = "cells"
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-FORMAT_VERSION = 1
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_json_atomic(path, data, indent=1, default=_json_default)
-
-
-def _json_default(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+from slimllm.runtime import count_parameters, release_memory
 
 
 @contextlib.contextmanager
@@ -317,7 +301,7 @@ class Bench:
                         records[cell.key] = finished
                         continue
                     record = self.run_dense(cell) if cell.kind == "dense" else self.run_cell(cell)
-                    _write_json(self._path(cell), record)
+                    write_record(self._path(cell), record)
                     records[cell.key] = record
                     self.log(_one_line(record))
                 bar.close()
