@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 GQA_MODES = ("query", "group")
@@ -27,26 +27,45 @@ class PruneConfig:
     ablations of the paper.
     """
 
-    ratio: float = 0.2
-    ratio_of: str = "all"
-    method: str = "slimllm"
-    calib: str = "bookcorpus"
-    nsamples: int = 32
-    seqlen: int = 128
-    seed: int = 42
-    alpha: float | None = None
-    layers: int | None = None
-    max_layer_ratio: float = 0.9
-    gqa: str = "query"
-    greedy: bool = True
-    feature_space: bool = True
-    regression: bool = True
-    uniform: bool = False
-    keep_lowest: float = 0.01
-    round_to: int = 1
-    batch_size: int = 8
-    device: str | None = None
-    dtype: str | None = None
+    ratio: float = field(
+        default=0.2, metadata={"help": "fraction of parameters to remove, in (0, 1)", "required": True}
+    )
+    ratio_of: str = field(
+        default="all",
+        metadata={
+            "help": "count the ratio against all parameters (the paper) or the decoder layers'",
+            "choices": RATIO_OF,
+        },
+    )
+    method: str = field(default="slimllm", metadata={"help": "the pruning method, NAME or NAME@ALLOCATION (see below)"})
+    calib: str = field(
+        default="bookcorpus", metadata={"help": "bookcorpus | lambada | FILE.txt | FILE.jsonl | hf:NAME[:CONFIG]"}
+    )
+    nsamples: int = field(default=32, metadata={"help": "calibration windows"})
+    seqlen: int = field(default=128, metadata={"help": "tokens per calibration window"})
+    seed: int = field(default=42, metadata={"help": "seed of the calibration windows (and of random scores)"})
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "Eq. 11 temperature; None: the paper's (10 at 20%%, 7 at 50%%)", "type": float},
+    )
+    layers: int | None = field(
+        default=None, metadata={"help": "number of layers pruned, L_p; None: the paper's share", "type": int}
+    )
+    max_layer_ratio: float = field(default=0.9, metadata={"help": "cap on any layer's ratio"})
+    gqa: str = field(
+        default="query", metadata={"help": "prune single query heads or whole key/value groups", "choices": GQA_MODES}
+    )
+    greedy: bool = field(default=True, metadata={"help": "ablation: no greedy head search (Algorithm 1)"})
+    feature_space: bool = field(default=True, metadata={"help": "ablation: channel norms in the original basis"})
+    regression: bool = field(default=True, metadata={"help": "ablation: no output regression"})
+    uniform: bool = field(default=False, metadata={"help": "ablation: one ratio in every layer"})
+    keep_lowest: float = field(default=0.01, metadata={"help": "spare the lowest FRACTION of channels (code quirk)"})
+    round_to: int = field(default=1, metadata={"help": "keep FFN widths multiples of N"})
+    batch_size: int = field(default=8, metadata={"help": "calibration windows per forward pass"})
+    device: str | None = field(
+        default=None, metadata={"help": "compute device of the current layer (e.g. cuda); None: the model's"}
+    )
+    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16; None: float32"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,3 +113,36 @@ class PruneConfig:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
+
+
+def add_arguments(parser, config_class, *, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of a config dataclass, with the field's default, type and help: the
+    defaults are written once, in the dataclass. A boolean that defaults to True becomes
+    ``--no-NAME``; one that defaults to False, ``--NAME``."""
+    for item in fields(config_class):
+        if item.name in skip:
+            continue
+        meta, flag = item.metadata, "--" + item.name.replace("_", "-")
+        if isinstance(item.default, bool):
+            if item.default:
+                parser.add_argument(f"--no-{item.name.replace('_', '-')}", dest=item.name, action="store_false",
+                                    help=meta.get("help"))  # fmt: skip
+            else:
+                parser.add_argument(flag, dest=item.name, action="store_true", help=meta.get("help"))
+            continue
+        kind = meta.get("type") or type(item.default)
+        options = {"dest": item.name, "type": kind, "help": meta.get("help")}
+        if meta.get("required"):
+            options["required"] = True
+        else:
+            options["default"] = item.default
+        if "choices" in meta:
+            options["choices"] = meta["choices"]
+        parser.add_argument(flag, **options)
+
+
+def from_arguments(config_class, args):
+    """The config dataclass from parsed arguments (the fields :func:`add_arguments` added)."""
+    return config_class(
+        **{item.name: getattr(args, item.name) for item in fields(config_class) if hasattr(args, item.name)}
+    )
