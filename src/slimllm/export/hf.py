@@ -199,6 +199,11 @@ def export_hf(
             + ". The padded model computes the same logits but is no smaller or faster than its widest layer "
             "allows: use the slimllm folder or the GGUF export to gain speed, or prune with --uniform --gqa group"
         )
+    elif written_decoder > source_params:
+        notes.append(
+            f"{written_decoder - source_params:,} zero bias parameters added: LLaMA's attention_bias and mlp_bias put "
+            "a bias on every projection, the regression only on o_proj and down_proj"
+        )
     report = HFReport(
         output=str(output),
         architecture=ARCHITECTURES[family],

@@ -1,0 +1,74 @@
+"""Pruned tiny folders for the export tests (shared by test_export_gguf.py and test_export_hf.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import slimllm
+from conftest import VOCAB, tiny_llama, tiny_mistral, tiny_qwen2
+
+FAMILY_MODELS = {"llama": tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2}
+
+
+def calibration() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (12, 24), generator=torch.Generator().manual_seed(7))
+
+
+def pruned_folder(folder: Path, family: str = "llama", *, gqa: str = "query", ratio: float = 0.3, **prune) -> Path:
+    """Prune a tiny random model of ``family`` and save it (no tokenizer) to ``folder``."""
+    config = slimllm.PruneConfig(ratio=ratio, gqa=gqa, nsamples=12, seqlen=24, batch_size=5, **prune)
+    pruned, plan = slimllm.prune(FAMILY_MODELS[family](), None, config, data=calibration(), progress=False)
+    slimllm.save(pruned, None, plan, folder)
+    return folder
+
+
+def layer_shapes(folder: Path) -> list:
+    return json.loads((folder / "config.json").read_text())["layer_shapes"]
+
+
+def remap_heads(folder: Path, maps: dict[int, list[int]]) -> Path:
+    """Replace layers' query->kv maps in config.json; the weights keep their shapes, so the maps
+    must keep each layer's numbers of query and kv heads."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for index, query_to_kv in maps.items():
+        shape = config["layer_shapes"][index]
+        old = shape["query_to_kv"]
+        assert len(old) == len(query_to_kv) and max(old) == max(query_to_kv), (old, query_to_kv)
+        shape["query_to_kv"] = query_to_kv
+    path.write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def reference_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    """The pruned model's logits in PyTorch (slimllm's class), full sequence, float32."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits.float()
+
+
+def tiny_tokenizer(vocab_size: int = VOCAB):
+    """A byte-level BPE tokenizer with exactly ``vocab_size`` tokens, for tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    chars = sorted(c for c in alphabet if (c.isalpha() and c.isascii()) or c in "ĠĊ.,!?")  # Ġ space, Ċ newline
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]
+    tokens = specials + chars + ["".join(m) for m in merges]
+    tokens += [f"x{i}" for i in range(vocab_size - len(tokens))]
+    assert len(tokens) == vocab_size, len(tokens)
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    tokenizer = Tokenizer(bpe)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
