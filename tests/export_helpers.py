@@ -29,13 +29,23 @@ def layer_shapes(folder: Path) -> list:
     return json.loads((folder / "config.json").read_text())["layer_shapes"]
 
 
-def remap_heads(folder: Path, maps: dict[int, list[int]]) -> Path:
+def remap_heads(folder: Path, maps: dict[int, list[int] | None]) -> Path:
     """Replace layers' query->kv maps in config.json; the weights keep their shapes, so the maps
-    must keep each layer's numbers of query and kv heads."""
+    must keep each layer's numbers of query and kv heads (None: write a dense layer's record out)."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
     for index, query_to_kv in maps.items():
         shape = config["layer_shapes"][index]
+        if shape is None:  # a dense layer: spell its record out
+            groups = config["num_attention_heads"] // config["num_key_value_heads"]
+            shape = config["layer_shapes"][index] = {
+                "query_to_kv": [h // groups for h in range(config["num_attention_heads"])],
+                "intermediate_size": config["intermediate_size"],
+                "o_proj_bias": False,
+                "down_proj_bias": False,
+            }
+        if query_to_kv is None:
+            continue
         old = shape["query_to_kv"]
         assert len(old) == len(query_to_kv) and max(old) == max(query_to_kv), (old, query_to_kv)
         shape["query_to_kv"] = query_to_kv
@@ -72,3 +82,24 @@ def tiny_tokenizer(vocab_size: int = VOCAB):
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>"
     )
+
+
+def empty_ffn(folder: Path, index: int) -> Path:
+    """Give layer ``index`` an FFN of width 0 (its down_proj bias, if any, stays)."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config["layer_shapes"][index] is None:
+        remap_heads(folder, {index: None})
+        config = json.loads(path.read_text())
+    config["layer_shapes"][index]["intermediate_size"] = 0
+    path.write_text(json.dumps(config, indent=2))
+    tensors = load_file(str(folder / "model.safetensors"))
+    p = f"model.layers.{index}.mlp."
+    hidden = config["hidden_size"]
+    tensors[p + "gate_proj.weight"] = torch.zeros(0, hidden)
+    tensors[p + "up_proj.weight"] = torch.zeros(0, hidden)
+    tensors[p + "down_proj.weight"] = torch.zeros(hidden, 0)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
