@@ -17,10 +17,13 @@ def calibration() -> torch.Tensor:
     return torch.randint(0, VOCAB, (12, 24), generator=torch.Generator().manual_seed(7))
 
 
-def pruned_folder(folder: Path, family: str = "llama", *, gqa: str = "query", ratio: float = 0.3, **prune) -> Path:
+def pruned_folder(
+    folder: Path, family: str = "llama", *, gqa: str = "query", ratio: float = 0.3, init: float = 0.1, **prune
+) -> Path:
     """Prune a tiny random model of ``family`` and save it (no tokenizer) to ``folder``."""
     config = slimllm.PruneConfig(ratio=ratio, gqa=gqa, nsamples=12, seqlen=24, batch_size=5, **prune)
-    pruned, plan = slimllm.prune(FAMILY_MODELS[family](), None, config, data=calibration(), progress=False)
+    model = FAMILY_MODELS[family](initializer_range=init)
+    pruned, plan = slimllm.prune(model, None, config, data=calibration(), progress=False)
     slimllm.save(pruned, None, plan, folder)
     return folder
 
