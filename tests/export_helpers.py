@@ -106,3 +106,41 @@ def empty_ffn(folder: Path, index: int) -> Path:
     tensors[p + "down_proj.weight"] = torch.zeros(hidden, 0)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def drop_attention(folder: Path, index: int, *, keep_bias: bool) -> tuple[Path, Path]:
+    """Two copies of ``folder`` in which layer ``index`` has no attention: ``(reference, headless)``.
+
+    slimllm's class cannot hold a layer without heads, so the reference keeps the heads with a zero
+    ``o_proj`` (the same function); the headless copy has ``query_to_kv: []`` and no q/k/v/o weights.
+    ``keep_bias`` keeps the layer's ``o_proj`` bias (the layer then adds a constant), else drops it.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    reference, headless = folder.with_name(folder.name + "-ref"), folder.with_name(folder.name + "-headless")
+    for target in (reference, headless):
+        shutil.copytree(folder, target)
+        remap_heads(target, {index: None})
+    p = f"model.layers.{index}.self_attn."
+    for target in (reference, headless):
+        path = target / "model.safetensors"
+        tensors = load_file(str(path))
+        config = json.loads((target / "config.json").read_text())
+        shape = config["layer_shapes"][index]
+        if not keep_bias:
+            tensors.pop(p + "o_proj.bias", None)
+            shape["o_proj_bias"] = False
+        if target == reference:
+            tensors[p + "o_proj.weight"] = torch.zeros_like(tensors[p + "o_proj.weight"])
+        else:
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                tensors.pop(f"{p}{name}.weight", None)
+                if name != "o_proj":
+                    tensors.pop(f"{p}{name}.bias", None)
+            shape["query_to_kv"] = []
+        shape["o_proj_bias"] = p + "o_proj.bias" in tensors
+        (target / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    return reference, headless

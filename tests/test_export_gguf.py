@@ -16,6 +16,7 @@ import torch
 
 from conftest import VOCAB
 from export_helpers import (
+    drop_attention,
     empty_ffn,
     layer_shapes,
     pruned_folder,
@@ -197,3 +198,16 @@ def test_real_smollm2_20_perplexity_in_llama_cpp_matches_pytorch(tmp_path):
     total, scored = window_nll(tmp_path / "m.gguf", token_windows(stream, 128, 64), threads=2)
     llama_ppl = float(np.exp(total / scored))
     assert abs(llama_ppl / torch_ppl - 1) <= 0.01, (llama_ppl, torch_ppl)
+
+
+@pytest.mark.parametrize("index,keep_bias", [(0, True), (1, False), (2, True)])
+def test_layer_without_attention(tmp_path, index, keep_bias):
+    """A layer whose heads are all pruned: written with head_count 0, or one zero head where llama.cpp
+    needs one (layer 0 sets the head size; a head-free deci layer drops attn_output.bias)."""
+    folder = pruned_folder(tmp_path / "p", "llama", gqa="query", ratio=0.3)
+    reference, headless = drop_attention(folder, index, keep_bias=keep_bias)
+    report = export_gguf(headless, tmp_path / "m.gguf", quant="f32")
+    assert report.head_count[index] == (1 if index == 0 or keep_bias else 0)
+    expected = reference_logits(reference, IDS)[0].numpy()
+    got = llama_logits(tmp_path / "m.gguf", IDS[0].tolist())
+    assert float(np.abs(got - expected).max()) <= TOL
