@@ -8,7 +8,7 @@ llama-cpp-python on this CPU:
 - WikiText-2 perplexity over the first N windows of 128 tokens (slimllm eval's windows and
   token ids; llama.cpp's logits);
 - prompt processing (one 512-token batch) and generation (128 tokens, one at a time) tokens/s,
-  median of 5 runs after a warm-up, flash attention on;
+  median of 5 runs, each after a warm-up run, round robin over all files, flash attention on;
 - speed ratios to the dense model of the same type, beside the ideal ratio from the decoder's
   parameter counts (dense decoder / pruned decoder).
 
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ def ensure_pruned(ratio: float, folder: Path) -> None:
         return
     print(f"pruning SmolLM2-135M by {ratio:.0%} into {folder} (default settings)", flush=True)
     command = [sys.executable, "-m", "slimllm", "prune", "smollm2-135m", "--ratio", str(ratio)]
-    subprocess.run([*command, "--output", str(folder), "--quiet"], check=True)
+    # one torch thread: on a busy 2-core machine OpenMP threads spin-wait on each other (see README)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, "--output", str(folder), "--quiet"], check=True, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, folder in models.items():
-        decoder = decoder_parameters(load_source(folder).layers)
+        source = load_source(folder)
+        decoder = decoder_parameters(source.layers)
+        output_params = source.embed.numel()  # the output matmul runs for every token, tied or not
+        del source
         for quant in [q for q in args.quants.split(",") if q]:
             path = args.work / f"smollm2-{name.rstrip('%')}-{quant}.gguf"
             start = time.perf_counter()
@@ -96,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             total, scored = window_nll(path, windows, threads=args.threads)
             ppl_s = time.perf_counter() - start
-            timing = speed(path, prompt, generate, repeats=args.repeats, threads=args.threads, flash_attn=True)
             row = {
                 "model": name,
                 "folder": str(folder),
                 "quant": quant,
                 "file_bytes": report.file_bytes,
                 "decoder_params": decoder,
+                "output_params": output_params,
                 "gguf_decoder_params": report.written_decoder_params,
                 "head_count": report.head_count,
                 "head_count_kv": report.head_count_kv,
@@ -111,21 +117,40 @@ def main(argv: list[str] | None = None) -> int:
                 "fallback_types": sorted({f["type"] for f in report.fallbacks}),
                 "ppl": float(torch.tensor(total / scored, dtype=torch.float64).exp()),
                 "ppl_windows": int(windows.shape[0]),
-                **timing,
+                "path": str(path),
                 "export_s": export_s,
                 "ppl_s": ppl_s,
             }
             rows.append(row)
             print(
                 f"{name:>5} {quant:>6}: {row['file_bytes'] / 2**20:6.1f} MiB  PPL {row['ppl']:8.2f}  "
-                f"pp {row['pp_tokens_per_s']:7.1f} tok/s  tg {row['tg_tokens_per_s']:6.1f} tok/s  "
-                f"({len(report.fallbacks)} fallbacks)",
+                f"({len(report.fallbacks)} fallbacks; export {export_s:.0f} s, PPL {ppl_s:.0f} s)",
                 flush=True,
             )
+    # speed: round robin over all files, so a change in machine load hits every model alike
+    for row in rows:
+        row["pp_runs"], row["tg_runs"] = [], []
+    for round_ in range(args.repeats):
+        for row in rows:
+            timing = speed(row["path"], prompt, generate, repeats=1, threads=args.threads, flash_attn=True)
+            row["pp_runs"] += timing["pp_runs"]
+            row["tg_runs"] += timing["tg_runs"]
+        print(f"speed round {round_ + 1}/{args.repeats} done", flush=True)
+    for row in rows:
+        row["pp_tokens_per_s"] = statistics.median(row["pp_runs"])
+        row["tg_tokens_per_s"] = statistics.median(row["tg_runs"])
+        print(
+            f"{row['model']:>5} {row['quant']:>6}: pp {row['pp_tokens_per_s']:7.1f} tok/s  "
+            f"tg {row['tg_tokens_per_s']:6.1f} tok/s",
+            flush=True,
+        )
     dense = {row["quant"]: row for row in rows if row["model"] == "dense"}
     for row in rows:
         base = dense[row["quant"]]
         row["ideal_ratio"] = base["decoder_params"] / row["decoder_params"]
+        row["ideal_ratio_with_output"] = (base["decoder_params"] + base["output_params"]) / (
+            row["decoder_params"] + row["output_params"]
+        )
         row["size_ratio"] = row["file_bytes"] / base["file_bytes"]
         row["pp_ratio"] = row["pp_tokens_per_s"] / base["pp_tokens_per_s"]
         row["tg_ratio"] = row["tg_tokens_per_s"] / base["tg_tokens_per_s"]
@@ -166,18 +191,20 @@ def markdown(result: dict) -> str:
         f"PPL: WikiText-2, first {settings['ppl_windows']} windows of 128 tokens. Speed: {settings['prompt']}-token "
         f"prompt in one batch (pp) and {settings['generate']} generated tokens (tg), median of "
         f"{settings['repeats']}, flash attention on. Ratios are to the dense model of the same type; ideal = dense "
-        "decoder parameters / pruned decoder parameters.",
+        "decoder parameters / pruned decoder parameters; ideal+out also counts the output layer (vocab × hidden), "
+        "which every token runs and pruning does not shrink.",
         "",
-        "| model | type | file MiB | size × | PPL | pp tok/s | pp × | tg tok/s | tg × | ideal × | pp/ideal | tg/ideal "
-        "| fallbacks |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | type | file MiB | size × | PPL | pp tok/s | pp × | tg tok/s | tg × | ideal × | ideal+out × "
+        "| pp/ideal | tg/ideal | fallbacks |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
         fallbacks = f"{row['fallbacks']} ({', '.join(row['fallback_types'])})" if row["fallbacks"] else "0"
         lines.append(
             f"| {row['model']} | {row['quant'].upper()} | {row['file_bytes'] / 2**20:.1f} | {row['size_ratio']:.2f} | "
             f"{row['ppl']:.2f} | {row['pp_tokens_per_s']:.0f} | {row['pp_ratio']:.2f} | {row['tg_tokens_per_s']:.1f} | "
-            f"{row['tg_ratio']:.2f} | {row['ideal_ratio']:.2f} | {row['pp_vs_ideal']:.2f} | {row['tg_vs_ideal']:.2f} | "
+            f"{row['tg_ratio']:.2f} | {row['ideal_ratio']:.2f} | {row['ideal_ratio_with_output']:.2f} | "
+            f"{row['pp_vs_ideal']:.2f} | {row['tg_vs_ideal']:.2f} | "
             f"{fallbacks} |"
         )
     return "\n".join(lines)
