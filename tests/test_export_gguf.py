@@ -146,7 +146,7 @@ def test_openai_compatible_server_completes(tmp_path):
     export_gguf(folder, model, quant="f16")
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--n_ctx", "64", "--n_threads", "2"]
+    command += ["--port", str(port), "--n_ctx", "64", "--n_threads", "2", "--flash_attn", "true"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 60

@@ -92,13 +92,19 @@ def _print_gguf(report: dict) -> None:
         print(f"  note: {note}")
     fallbacks = report["fallbacks"]
     if fallbacks:
+        block = 256 if "_k" in report["quant"] else 32
         print(
-            f"  {len(fallbacks)} matrices have rows that are not a multiple of the {report['quant']} block "
-            "and were stored in a wider type by llama.cpp (prune with --round-to 32, or 256 for K-quants, "
-            "to avoid it):"
+            f"  {len(fallbacks)} matrices have rows that are not a multiple of the {report['quant']} block ({block}) "
+            "and were stored in a wider type by llama.cpp:"
         )
         for row in fallbacks:
             print(f"    {row['tensor']}: row length {row['row_length']} -> {row['type']}")
+        pruned = [row for row in fallbacks if row["row_length"] != report["hidden_size"]]
+        if pruned:
+            print(
+                f"  {len(pruned)} of them have pruned widths: prune with --round-to {block} (FFN channels) to avoid "
+                "it; rows as long as the hidden size cannot be helped by pruning"
+            )
 
 
 def _print_hf(report: dict) -> None:

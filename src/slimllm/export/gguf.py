@@ -82,6 +82,7 @@ class GGUFReport:
     tensor_types: dict[str, str] = field(default_factory=dict)
     file_bytes: int = 0
     tokenizer: str = "none"
+    hidden_size: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -300,7 +301,7 @@ def write_gguf(
     if float_type not in ("f32", "f16"):
         raise ValueError(f"float_type must be f32 or f16, got {float_type!r}")
     context, notes = _check_expressible(src, ignore_sliding_window)
-    report = GGUFReport(output=str(path), quant=float_type, notes=notes)
+    report = GGUFReport(output=str(path), quant=float_type, notes=notes, hidden_size=src.hidden_size)
     hd, hidden = src.head_dim, src.hidden_size
     all_tensors: dict[str, torch.Tensor] = {"token_embd.weight": src.embed}
     for i, layer in enumerate(src.layers):
