@@ -124,3 +124,27 @@ def test_cli_and_clear_errors(tmp_path, capsys):
     assert str(weights) in err and "truncated" in err
     with pytest.raises(ExportError, match=r"no config\.json"):
         export_hf(tmp_path, tmp_path / "o3")
+
+
+def test_sharded_folder_exports(tmp_path):
+    import slimllm
+    from export_helpers import calibration
+
+    config = slimllm.PruneConfig(ratio=0.3, nsamples=12, seqlen=24, batch_size=5)
+    pruned, plan = slimllm.prune(tiny_llama(), None, config, data=calibration(), progress=False)
+    slimllm.save(pruned, None, plan, tmp_path / "p", max_shard_size="100KB")
+    assert (tmp_path / "p" / "model.safetensors.index.json").is_file()
+    export_hf(tmp_path / "p", tmp_path / "hf")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        got = model(input_ids=IDS, use_cache=False).logits
+    torch.testing.assert_close(got, reference_logits(tmp_path / "p", IDS), rtol=0, atol=1e-5)
+    (
+        tmp_path
+        / "p"
+        / next(iter(json.loads((tmp_path / "p" / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    ).unlink()
+    with pytest.raises(ExportError, match="missing"):
+        export_hf(tmp_path / "p", tmp_path / "hf2")
