@@ -141,10 +141,7 @@ def test_sharded_folder_exports(tmp_path):
     with torch.no_grad():
         got = model(input_ids=IDS, use_cache=False).logits
     torch.testing.assert_close(got, reference_logits(tmp_path / "p", IDS), rtol=0, atol=1e-5)
-    (
-        tmp_path
-        / "p"
-        / next(iter(json.loads((tmp_path / "p" / "model.safetensors.index.json").read_text())["weight_map"].values()))
-    ).unlink()
+    index = json.loads((tmp_path / "p" / "model.safetensors.index.json").read_text())
+    (tmp_path / "p" / next(iter(index["weight_map"].values()))).unlink()
     with pytest.raises(ExportError, match="missing"):
         export_hf(tmp_path / "p", tmp_path / "hf2")
