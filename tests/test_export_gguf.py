@@ -96,10 +96,13 @@ def test_uneven_map_empty_ffn_and_dense_layer(tmp_path):
     remap_heads(folder, {dense[0]: [0, 1, 1, 1, 1, 1]})
     empty_ffn(folder, dense[0])
     empty_ffn(folder, pruned[0])
-    report = export_gguf(folder, tmp_path / "m.gguf", quant="f32")
+    report = export_gguf(folder, tmp_path / "m.gguf", quant="f32", pad_ffn=1)
     assert report.feed_forward_length[dense[0]] == 1 and report.feed_forward_length[pruned[0]] == 1
     assert report.head_count[dense[0]] % report.head_count_kv[dense[0]] == 0
     assert_matches(folder, tmp_path / "m.gguf")
+    padded = export_gguf(folder, tmp_path / "padded.gguf", quant="f32")  # default: widths padded to 32
+    assert all(width % 32 == 0 for width in padded.feed_forward_length)
+    assert_matches(folder, tmp_path / "padded.gguf")
 
 
 def test_mistral_sliding_window_refused_or_capped(tmp_path):
@@ -116,18 +119,19 @@ def test_tokenizer_quantisation_fallbacks_and_cli(tmp_path, capsys):
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(folder)
     out = tmp_path / "m-q8.gguf"
-    assert main(["export", str(folder), "--to", "gguf", "--quant", "q8_0", "--output", str(out)]) == 0
+    command = ["export", str(folder), "--to", "gguf", "--quant", "q8_0", "--pad-ffn", "1", "--output", str(out)]
+    assert main(command) == 0
     printed = capsys.readouterr().out
-    assert "deci" in printed and "--round-to" in printed  # hidden 48 and odd FFN widths are not multiples of 32
+    assert "deci" in printed and "--pad-ffn 32" in printed  # hidden 48 and odd FFN widths are not multiples of 32
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False)
     text = "the cat. The hat"
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text)["input_ids"]
     assert llm.detokenize(tokenizer(text)["input_ids"]).decode() == text
     llm.close()
     report = export_gguf(folder, tmp_path / "again.gguf", quant="q8_0")
-    widths = {row["tensor"]: row for row in report.fallbacks}
-    assert widths and all(row["row_length"] % 32 for row in report.fallbacks)
+    assert report.fallbacks and all(row["row_length"] % 32 for row in report.fallbacks)
     assert all(row["type"] != "Q8_0" for row in report.fallbacks)
+    assert not [row for row in report.fallbacks if "ffn_down" in row["tensor"]]  # FFN widths padded to 32
     assert main(["export", str(folder), "--to", "gguf", "--quant", "q3", "--output", str(tmp_path / "x.gguf")]) == 2
     assert "unknown --quant" in capsys.readouterr().err
 

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # One llama.cpp thread by default: on a shared 2-core machine its threads spin-wait on each other
     # at every barrier while other processes hold a core (8 windows: 5.4 s at 1 thread, 37.8 s at 2).
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pad-ffn", type=int, default=32, help="slimllm export --pad-ffn")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "serve")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         output_params = source.embed.numel()  # the output matmul runs for every token, tied or not
         del source
         for quant in [q for q in args.quants.split(",") if q]:
-            path = args.work / f"smollm2-{name.rstrip('%')}-{quant}.gguf"
+            path = args.work / f"smollm2-{name.rstrip('%')}-{quant}-pad{args.pad_ffn}.gguf"
             start = time.perf_counter()
-            report = export_gguf(folder, path, quant=quant, threads=args.threads)
+            report = export_gguf(folder, path, quant=quant, threads=args.threads, pad_ffn=args.pad_ffn)
             export_s = time.perf_counter() - start
             start = time.perf_counter()
             total, scored = window_nll(path, windows, threads=args.threads)
@@ -192,7 +193,8 @@ def markdown(result: dict) -> str:
         "",
         f"PPL: WikiText-2, first {settings['ppl_windows']} windows of 128 tokens. Speed: {settings['prompt']}-token "
         f"prompt in one batch (pp) and {settings['generate']} generated tokens (tg), median of "
-        f"{settings['repeats']}, flash attention on. Ratios are to the dense model of the same type; ideal = dense "
+        f"{settings['repeats']}, flash attention on, FFN widths zero-padded to multiples of {settings['pad_ffn']}. "
+        "Ratios are to the dense model of the same type; ideal = dense "
         "decoder parameters / pruned decoder parameters; ideal+out also counts the output layer (vocab × hidden), "
         "which every token runs and pruning does not shrink.",
         "",

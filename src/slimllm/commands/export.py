@@ -27,6 +27,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--tokenizer-pre", default=None, help="gguf: llama.cpp pre-tokenizer name, if not recognised")
     p.add_argument("--threads", type=int, default=None, help="gguf: quantisation threads")
+    p.add_argument(
+        "--pad-ffn",
+        type=int,
+        default=32,
+        help="gguf: zero-pad FFN widths to a multiple of N (exact; odd widths slow llama.cpp's matmuls and make "
+        "ffn_down fall back to F16 in Q8_0; 256 for K-quants; 1 = no padding)",
+    )
     p.add_argument("--dtype", default=None, help="hf: float32 | bfloat16 | float16 (default float32)")
     p.add_argument(
         "--ignore-sliding-window",
@@ -57,6 +64,7 @@ def run(args) -> int:
                 tokenizer_pre=args.tokenizer_pre,
                 ignore_sliding_window=args.ignore_sliding_window,
                 threads=args.threads,
+                pad_ffn=args.pad_ffn,
             )
         else:
             report = export_hf(
@@ -102,8 +110,8 @@ def _print_gguf(report: dict) -> None:
         pruned = [row for row in fallbacks if row["row_length"] != report["hidden_size"]]
         if pruned:
             print(
-                f"  {len(pruned)} of them have pruned widths: prune with --round-to {block} (FFN channels) to avoid "
-                "it; rows as long as the hidden size cannot be helped by pruning"
+                f"  {len(pruned)} of them have pruned widths: export with --pad-ffn {block} or prune with "
+                f"--round-to {block} to avoid it; rows as long as the hidden size cannot be helped by pruning"
             )
 
 

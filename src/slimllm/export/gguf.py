@@ -97,7 +97,9 @@ def _rotary_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def _deci_layer(layer: Layer, index: int, head_dim: int, hidden: int) -> tuple[dict[str, torch.Tensor], dict]:
+def _deci_layer(
+    layer: Layer, index: int, head_dim: int, hidden: int, pad_ffn: int = 1
+) -> tuple[dict[str, torch.Tensor], dict]:
     """The GGUF tensors of one layer and its sizes (``n_head``, ``n_head_kv``, ``n_ff``, ``group``)."""
     tensors: dict[str, torch.Tensor] = {}
     p = f"blk.{index}."
@@ -146,6 +148,15 @@ def _deci_layer(layer: Layer, index: int, head_dim: int, hidden: int) -> tuple[d
         for key in ("gate", "up"):
             if key in ffn_bias:
                 ffn_bias[key] = torch.zeros(1)
+    width = -(-gate.shape[0] // pad_ffn) * pad_ffn  # zero channels up to a multiple of pad_ffn: exact
+    if width > gate.shape[0]:
+        extra = width - gate.shape[0]
+        gate = torch.cat([gate, gate.new_zeros(extra, hidden)])
+        up = torch.cat([up, up.new_zeros(extra, hidden)])
+        down = torch.cat([down, down.new_zeros(hidden, extra)], dim=1)
+        for key in ("gate", "up"):
+            if key in ffn_bias:
+                ffn_bias[key] = torch.cat([ffn_bias[key], ffn_bias[key].new_zeros(extra)])
     tensors[p + "ffn_norm.weight"] = layer.ffn_norm
     tensors[p + "ffn_gate.weight"] = gate
     tensors[p + "ffn_up.weight"] = up
@@ -294,8 +305,12 @@ def write_gguf(
     float_type: str = "f16",
     tokenizer_pre: str | None = None,
     ignore_sliding_window: bool = False,
+    pad_ffn: int = 1,
 ) -> GGUFReport:
-    """Write ``src`` as an F32 or F16 GGUF (1-D tensors stay F32, as llama.cpp's converter does)."""
+    """Write ``src`` as an F32 or F16 GGUF (1-D tensors stay F32, as llama.cpp's converter does).
+
+    ``pad_ffn``: zero-pad every FFN width to a multiple of it (exact; lets quantised types keep
+    ``ffn_down`` in the requested type)."""
     import gguf
 
     if float_type not in ("f32", "f16"):
@@ -305,7 +320,7 @@ def write_gguf(
     hd, hidden = src.head_dim, src.hidden_size
     all_tensors: dict[str, torch.Tensor] = {"token_embd.weight": src.embed}
     for i, layer in enumerate(src.layers):
-        tensors, sizes = _deci_layer(layer, i, hd, hidden)
+        tensors, sizes = _deci_layer(layer, i, hd, hidden, pad_ffn)
         all_tensors.update(tensors)
         report.head_count.append(sizes["n_head"])
         report.head_count_kv.append(sizes["n_head_kv"])
@@ -326,7 +341,7 @@ def write_gguf(
     if extra:
         notes.append(
             f"{extra:,} zero parameters added ({extra / report.source_decoder_params:.2%} of the decoder) to give "
-            "every kv head an equal group of query heads and every layer a non-empty FFN"
+            f"every kv head an equal group of query heads and every FFN a width that is a multiple of {pad_ffn}"
         )
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -401,14 +416,19 @@ def export_gguf(
     tokenizer_pre: str | None = None,
     ignore_sliding_window: bool = False,
     threads: int | None = None,
+    pad_ffn: int = 32,
 ) -> GGUFReport:
     """Export a slimllm (or stock LLaMA/Mistral/Qwen2) folder to a GGUF for llama.cpp.
 
     ``quant``: ``f32``, ``f16`` (default), or a llama.cpp type (``q8_0``, ``q4_0``, ``q4_k_m``,
     ``q5_k_m``, ``q6_k``): an F32 file is written first and quantised by llama.cpp. Matrices whose
     row length is not a multiple of the type's block size fall back to a wider type; they are
-    listed in ``report.fallbacks``.
+    listed in ``report.fallbacks``. ``pad_ffn`` zero-pads FFN widths to a multiple of it (exact):
+    with odd widths llama.cpp leaves its fast matrix kernels, and prompt processing of SmolLM2 at
+    20% ran at 0.75x dense instead of 1.2x; 32 also keeps ``ffn_down`` in Q8_0/Q4_0.
     """
+    if pad_ffn < 1:
+        raise ExportError(f"--pad-ffn must be at least 1, got {pad_ffn}")
     quant = quant.lower()
     if quant not in QUANTS:
         raise ExportError(f"unknown --quant {quant!r}; choose from {', '.join(QUANTS)}")
@@ -418,7 +438,12 @@ def export_gguf(
         tmp = output.with_name(f".{output.name}.tmp")
         try:
             report = write_gguf(
-                src, tmp, float_type=quant, tokenizer_pre=tokenizer_pre, ignore_sliding_window=ignore_sliding_window
+                src,
+                tmp,
+                float_type=quant,
+                tokenizer_pre=tokenizer_pre,
+                ignore_sliding_window=ignore_sliding_window,
+                pad_ffn=pad_ffn,
             )
             os.replace(tmp, output)
         finally:
@@ -429,7 +454,12 @@ def export_gguf(
     with tempfile.TemporaryDirectory(prefix=".slimllm-export-", dir=output.parent) as tmp:
         f32 = Path(tmp) / "model-f32.gguf"
         report = write_gguf(
-            src, f32, float_type="f32", tokenizer_pre=tokenizer_pre, ignore_sliding_window=ignore_sliding_window
+            src,
+            f32,
+            float_type="f32",
+            tokenizer_pre=tokenizer_pre,
+            ignore_sliding_window=ignore_sliding_window,
+            pad_ffn=pad_ffn,
         )
         del src
         partial = Path(tmp) / "model-quant.gguf"
