@@ -1,0 +1,12 @@
+"""Export pruned folders for other runtimes: GGUF for llama.cpp, stock transformers folders.
+
+Both exporters read the folder as files (``config.json`` + safetensors), not through slimllm's
+model class, so they work on any folder written by ``slimllm.save`` and on stock LLaMA-family
+folders (every layer dense).
+"""
+
+from slimllm.export.gguf import GGUFReport, export_gguf
+from slimllm.export.hf import HFReport, export_hf
+from slimllm.export.source import ExportError, load_source
+
+__all__ = ["ExportError", "GGUFReport", "HFReport", "export_gguf", "export_hf", "load_source"]
