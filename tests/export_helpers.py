@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import slimllm
-from conftest import VOCAB, tiny_llama, tiny_mistral, tiny_qwen2
+from tiny_models import VOCAB, tiny_llama, tiny_mistral, tiny_qwen2
 
 FAMILY_MODELS = {"llama": tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2}
 

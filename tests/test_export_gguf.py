@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VOCAB
 from export_helpers import (
     drop_attention,
     empty_ffn,
@@ -27,6 +26,7 @@ from export_helpers import (
 from slimllm.cli import main
 from slimllm.export import ExportError, export_gguf
 from slimllm.export.source import best_regroup, regroup, regroup_cost
+from tiny_models import VOCAB
 
 IDS = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(5))
 TOL = 1e-3

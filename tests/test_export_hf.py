@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_llama
 from export_helpers import layer_shapes, pruned_folder, reference_logits, remap_heads
 from slimllm.cli import main
 from slimllm.export import ExportError, export_hf
+from tiny_models import VOCAB, tiny_llama
 
 IDS = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
 
