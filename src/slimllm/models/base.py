@@ -45,6 +45,16 @@ class MlpParts:
         return self.down_proj.in_features
 
 
+_GATED_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
+
+
+def check_activation(config) -> None:
+    """Every supported family has a gated FFN; refuse activations the pruned classes were not tested with."""
+    activation = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None) or "silu"
+    if activation not in _GATED_ACTIVATIONS:
+        raise UnsupportedModelError(f"unsupported FFN activation {activation!r}")
+
+
 # Keys of a config that describe the checkpoint it came from, not the network.
 _PROVENANCE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
 
@@ -63,6 +73,7 @@ class ModelAdapter:
     # -- conversion -------------------------------------------------------------------------
     def check_supported(self, config) -> None:
         """Raise :class:`UnsupportedModelError` for configurations of the family we cannot run."""
+        check_activation(config)
 
     def pruned_config(self, config):
         """The pruned-model config for ``config`` (a stock one, or a pruned one kept as it is)."""

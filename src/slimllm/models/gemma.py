@@ -9,18 +9,11 @@ modules the pruned model is built from.
 from __future__ import annotations
 
 from slimllm.models.base import ModelAdapter
-from slimllm.models.llama import check_activation
 
 
 class Gemma2Adapter(ModelAdapter):
     model_type = "gemma2"
 
-    def check_supported(self, config) -> None:
-        check_activation(config)
-
 
 class Gemma3TextAdapter(ModelAdapter):
     model_type = "gemma3_text"
-
-    def check_supported(self, config) -> None:
-        check_activation(config)

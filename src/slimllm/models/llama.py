@@ -4,14 +4,6 @@ from __future__ import annotations
 
 from slimllm.models.base import ModelAdapter, UnsupportedModelError
 
-_GATED_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
-
-
-def check_activation(config) -> None:
-    activation = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None) or "silu"
-    if activation not in _GATED_ACTIVATIONS:
-        raise UnsupportedModelError(f"unsupported FFN activation {activation!r}")
-
 
 class LlamaAdapter(ModelAdapter):
     """LLaMA 1/2/3.x (RoPE scaling is the stock rotary embedding's business)."""
@@ -19,7 +11,7 @@ class LlamaAdapter(ModelAdapter):
     model_type = "llama"
 
     def check_supported(self, config) -> None:
-        check_activation(config)
+        super().check_supported(config)
         if (getattr(config, "pretraining_tp", 1) or 1) > 1:
             raise UnsupportedModelError("LLaMA checkpoints with pretraining_tp > 1 are not supported")
 
@@ -27,23 +19,14 @@ class LlamaAdapter(ModelAdapter):
 class MistralAdapter(ModelAdapter):
     model_type = "mistral"
 
-    def check_supported(self, config) -> None:
-        check_activation(config)
-
 
 class Qwen2Adapter(ModelAdapter):
     """Qwen2: q/k/v carry biases (sliced with their heads), o_proj does not."""
 
     model_type = "qwen2"
 
-    def check_supported(self, config) -> None:
-        check_activation(config)
-
 
 class Qwen3Adapter(ModelAdapter):
     """Qwen3: per-head q/k RMS norms over the head dimension, shared by all heads: untouched."""
 
     model_type = "qwen3"
-
-    def check_supported(self, config) -> None:
-        check_activation(config)

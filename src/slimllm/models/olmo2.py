@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from slimllm.models.base import ModelAdapter
-from slimllm.models.llama import check_activation
 
 
 def _sliced_norm(norm: nn.Module, rows: list[int]) -> nn.Module:
@@ -20,9 +19,6 @@ def _sliced_norm(norm: nn.Module, rows: list[int]) -> nn.Module:
 
 class Olmo2Adapter(ModelAdapter):
     model_type = "olmo2"
-
-    def check_supported(self, config) -> None:
-        check_activation(config)
 
     def slice_head_parameters(self, layer: nn.Module, q_rows: list[int], kv_rows: list[int]) -> None:
         attn = layer.self_attn

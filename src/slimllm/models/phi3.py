@@ -11,7 +11,6 @@ from torch import nn
 
 from slimllm.modeling import layer_query_to_kv, layer_shape_record
 from slimllm.models.base import AttentionParts, MlpParts, ModelAdapter, configure_layer
-from slimllm.models.llama import check_activation
 
 
 def _row_view(linear: nn.Linear, start: int, stop: int) -> nn.Linear:
@@ -30,9 +29,6 @@ def _fused(*parts: nn.Linear) -> nn.Linear:
 
 class Phi3Adapter(ModelAdapter):
     model_type = "phi3"
-
-    def check_supported(self, config) -> None:
-        check_activation(config)
 
     def attention(self, layer: nn.Module) -> AttentionParts:
         attn, query_to_kv = layer.self_attn, layer_query_to_kv(layer)
