@@ -112,6 +112,16 @@ def _resized_linear(linear: nn.Linear, bias: bool) -> nn.Linear:
     return new
 
 
+def _shape_overrides(shape: dict, head_dim: int) -> dict:
+    """The config fields a layer with this shape record reads differently from the model's."""
+    return {
+        "num_attention_heads": len(shape["query_to_kv"]),
+        "num_key_value_heads": max(shape["query_to_kv"]) + 1,
+        "head_dim": head_dim,
+        "intermediate_size": int(shape["intermediate_size"]),
+    }
+
+
 def configure_layer(layer: nn.Module, shape: dict) -> None:
     """Make a stock decoder layer whose projections have ``shape``'s sizes run with that shape.
 
@@ -124,12 +134,7 @@ def configure_layer(layer: nn.Module, shape: dict) -> None:
     if sorted(set(query_to_kv)) != list(range(num_kv)):
         raise ValueError(f"layer {attn.layer_idx}: query_to_kv {query_to_kv} leaves a key/value head unused")
     group = regular_group_size(query_to_kv)
-    overrides = {
-        "num_attention_heads": len(query_to_kv),
-        "num_key_value_heads": num_kv,
-        "head_dim": attn.head_dim,
-        "intermediate_size": int(shape["intermediate_size"]),
-    }
+    overrides = _shape_overrides(shape, attn.head_dim)
     if group is None:
         overrides["_attn_implementation"] = UNEVEN_GQA
     layer_config = LayerConfig(base, overrides)
@@ -208,17 +213,7 @@ def _build_pruned_layers(model: nn.Module, layer_class: type) -> None:
     for index, shape in enumerate(shapes):
         if shape is None:
             continue
-        query_to_kv = shape["query_to_kv"]
-        head_dim = layers[index].self_attn.head_dim
-        layer_config = LayerConfig(
-            config,
-            {
-                "num_attention_heads": len(query_to_kv),
-                "num_key_value_heads": max(query_to_kv) + 1,
-                "head_dim": head_dim,
-                "intermediate_size": int(shape["intermediate_size"]),
-            },
-        )
+        layer_config = LayerConfig(config, _shape_overrides(shape, layers[index].self_attn.head_dim))
         device = layers[index].self_attn.o_proj.weight.device
         with torch.device(device):
             layer = layer_class(layer_config, index)

@@ -117,9 +117,6 @@ class ModelAdapter:
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
 
-    def embeddings(self, model: nn.Module) -> nn.Embedding:
-        return model.model.embed_tokens
-
     def around_layers(self, model: nn.Module) -> list[nn.Module]:
         """What the decoder runs before its layers (embeddings, rotary embeddings, ...), with parameters or buffers."""
         return [
