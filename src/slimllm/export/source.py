@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
+from slimllm.modeling import MODEL_TYPE_PREFIX, legacy_family
+
 FAMILIES = ("llama", "mistral", "qwen2")
-PREFIX = "slimllm_"
+PREFIX = MODEL_TYPE_PREFIX
 
 
 class ExportError(ValueError):
@@ -100,11 +102,7 @@ def family_of(config: dict) -> tuple[str, bool]:
     model_type = str(config.get("model_type", ""))
     pruned = model_type.startswith(PREFIX)
     family = model_type[len(PREFIX) :] if pruned else model_type
-    if pruned and family == "llama":  # legacy folders wrote every family as slimllm_llama
-        if config.get("qkv_bias"):
-            family = "qwen2"
-        elif config.get("sliding_window") is not None:
-            family = "mistral"
+    family = legacy_family(config) or family  # slimllm 0.1 wrote every family as slimllm_llama
     if family not in FAMILIES:
         raise ExportError(
             f"model_type {model_type!r} is not supported for export; supported: "
