@@ -66,6 +66,13 @@ class PruneConfig:
         default=None, metadata={"help": "compute device of the current layer (e.g. cuda); None: the model's"}
     )
     dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16; None: float32"})
+    cache_gb: float = field(
+        default=4.0,
+        metadata={"help": "GiB for one layer's kept activations (replayed, not recomputed); 0: recompute"},
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads; None: one per core not busy with other work", "type": int}
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +94,10 @@ class PruneConfig:
             raise ConfigError(f"layers (L_p) must be at least 1, got {self.layers}")
         if self.round_to < 1:
             raise ConfigError(f"round_to must be at least 1, got {self.round_to}")
+        if self.cache_gb < 0:
+            raise ConfigError(f"cache_gb must be at least 0, got {self.cache_gb}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
 

@@ -14,26 +14,28 @@ import torch
 from tqdm.auto import tqdm
 
 from slimllm.allocation import Allocation, attention_units, layer_costs, removed_params
-from slimllm.calibrate import (
+from slimllm.config import ConfigError, PruneConfig
+from slimllm.data.sources import calibration_windows
+from slimllm.io import resolve_dtype
+from slimllm.layer_walk import (
+    LayerActivations,
     LayerBatch,
-    StopForward,
+    activations_for_layer,
     capture_layer_inputs,
-    hooks,
+    collect_attention_stats,
+    collect_mlp_stats,
+    collect_paired_outputs,
     on_device,
+    propagate,
     run_layer,
     token_cosine,
 )
-from slimllm.config import ConfigError, PruneConfig
-from slimllm.data.sources import calibration_windows
-from slimllm.importance import AttentionStats, MlpStats
-from slimllm.io import resolve_dtype
 from slimllm.methods import Method, build_method
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.runtime import count_parameters, versions
-from slimllm.stats import Moments, PairedColumnMoments
-from slimllm.surgery import prune_channels, prune_heads, recover_attention, recover_mlp
+from slimllm.surgery import head_rows, prune_channels, prune_heads, recover_attention, recover_mlp
 
 
 class _Timer:
@@ -49,79 +51,6 @@ class _Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-@torch.no_grad()
-def collect_attention_stats(adapter, layer, index, batches, units, device) -> AttentionStats:
-    parts = adapter.attention(layer)
-    moments = Moments(parts.o_proj.in_features, device, where=f"o_proj input of layer {index}")
-
-    def grab(_module, args):
-        moments.update(args[0])
-        raise StopForward
-
-    with hooks(lambda: parts.o_proj.register_forward_pre_hook(grab)):
-        run_layer(layer, index, batches, keep_outputs=False)
-    return AttentionStats(moments, parts, units)
-
-
-@torch.no_grad()
-def collect_mlp_stats(adapter, layer, index, batches, device) -> MlpStats:
-    parts = adapter.mlp(layer)
-    mlp_module = adapter.mlp_module(layer)
-    where = f"FFN of layer {index}"
-    d = parts.down_proj.out_features
-    inputs = Moments(d, device, full=False, where=where)
-    hidden = Moments(parts.width, device, full=False, where=where)
-    output = Moments(d, device, where=where)
-
-    def grab_input(_module, args):
-        inputs.update(args[0])
-
-    def grab_hidden(_module, args):
-        hidden.update(args[0])
-
-    def grab_output(_module, _args, out):
-        output.update(out)
-        raise StopForward
-
-    with hooks(
-        lambda: mlp_module.register_forward_pre_hook(grab_input),
-        lambda: parts.down_proj.register_forward_pre_hook(grab_hidden),
-        lambda: parts.down_proj.register_forward_hook(grab_output),
-    ):
-        run_layer(layer, index, batches, keep_outputs=False)
-    return MlpStats(inputs, hidden, output, parts)
-
-
-def paired_output_hook(down_proj: torch.nn.Linear, kept: list[int], moments: PairedColumnMoments):
-    """A pre-hook for ``down_proj`` that streams dense and kept-channel outputs into ``moments``."""
-    weight, bias = down_proj.weight, down_proj.bias
-    index = torch.tensor(kept, dtype=torch.long, device=weight.device)
-    kept_weight = weight.index_select(1, index)
-
-    def hook(_module, args):
-        hidden = args[0]
-        dense = torch.nn.functional.linear(hidden, weight, bias)
-        approx = torch.nn.functional.linear(hidden.index_select(-1, index), kept_weight, bias)
-        moments.update(dense, approx)
-
-    return hook
-
-
-@torch.no_grad()
-def collect_paired_outputs(adapter, layer, index, batches, kept, device) -> PairedColumnMoments:
-    down = adapter.mlp(layer).down_proj
-    moments = PairedColumnMoments(down.out_features, device, where=f"FFN output of layer {index}")
-    stream = paired_output_hook(down, kept, moments)
-
-    def grab(module, args):
-        stream(module, args)
-        raise StopForward
-
-    with hooks(lambda: down.register_forward_pre_hook(grab)):
-        run_layer(layer, index, batches, keep_outputs=False)
-    return moments
-
-
 def _resolve_device(config: PruneConfig, model: torch.nn.Module) -> torch.device:
     if config.device:
         return torch.device(config.device)
@@ -129,15 +58,23 @@ def _resolve_device(config: PruneConfig, model: torch.nn.Module) -> torch.device
 
 
 class _LayerPruner:
-    """Prunes one layer at a time, keeping the running parameter budget on target."""
+    """Prunes one layer at a time, keeping the running parameter budget on target.
+
+    The layer's ``o_proj`` and ``down_proj`` inputs are kept (within ``config.cache_gb``) while it
+    is pruned, so that after each surgery the changed part is replayed from them rather than run
+    again: the statistics pass over the attention, one pass over the FFN and the propagation
+    are the only passes (docs/method.md, "Cost")."""
 
     def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
         self.adapter, self.method, self.config = adapter, method, config
         self.allocation, self.costs, self.device = allocation, costs, device
         self.adds_bias = method.adds_bias
         self.surplus = 0.0  # parameters removed beyond the plan so far (kv heads that went with their queries)
+        self.cache_peak_bytes = 0
+        self.recomputed_layers: list[int] = []
 
-    def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> LayerPlan:
+    def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> tuple[LayerPlan, list]:
+        """Prune layer ``index`` in place; returns its plan and its outputs (the next layer's inputs)."""
         attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
         record = LayerPlan(
             index=index,
@@ -150,43 +87,61 @@ class _LayerPruner:
         )
         planned_units = self.allocation.units_to_prune[index]
         planned_channels = self.allocation.channels_to_prune[index]
+        kept = self._activations(index, layer, batches, bool(planned_units or planned_channels))
         if planned_units:
-            removed = self._prune_attention(layer, index, batches, planned_units, record)
+            removed = self._prune_attention(layer, index, batches, planned_units, record, kept)
             self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
         if planned_channels:
             # Spend or give back the surplus here, in whole channels, so the total stays on target.
             adjust = round(self.surplus / self.costs[index].channel_params)
             channels = min(mlp.width - 1, max(0, planned_channels - adjust))
-            removed = self._prune_mlp(layer, index, batches, channels, record) if channels else 0
+            removed = self._prune_mlp(layer, index, batches, channels, record, kept) if channels else 0
             self.surplus += removed - removed_params(self.costs[index], 0, planned_channels, self.adds_bias)
-        return record
+        self.cache_peak_bytes = max(self.cache_peak_bytes, kept.peak_bytes)
+        return record, propagate(self.adapter, layer, index, batches, kept)
 
-    def _prune_attention(self, layer, index: int, batches, num_units: int, record: LayerPlan) -> int:
+    def _activations(self, index: int, layer, batches, pruned: bool) -> LayerActivations:
+        if not pruned:
+            return LayerActivations(device=None)
+        attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
+        widths = attn.o_proj.in_features + mlp.width
+        if self.method.recovery.needs_output_pass:
+            widths += mlp.down_proj.out_features
+        kept = activations_for_layer(batches, widths, self.device, self.config.cache_gb * 2**30)
+        if not kept.keeping:
+            self.recomputed_layers.append(index)
+        return kept
+
+    def _prune_attention(self, layer, index: int, batches, num_units: int, record: LayerPlan, kept) -> int:
         adapter, module = self.adapter, self.adapter.attention_module(layer)
         before = count_parameters(module)
-        units = attention_units(adapter.attention(layer).query_to_kv, self.config.gqa)
-        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device)
+        parts = adapter.attention(layer)
+        units = attention_units(parts.query_to_kv, self.config.gqa)
+        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device, kept)
         selection = self.method.heads.select(stats, num_units)
         kept_heads = sorted(h for u in selection.kept for h in units[u])
         recovery = self.method.recovery.attention(stats, kept_heads)  # from the dense o_proj, before surgery
         record.kept_kv_heads, record.query_to_kv = prune_heads(adapter, layer, kept_heads)
         record.kept_heads, record.head_scores = kept_heads, selection.scores
+        kept.keep_attention_columns(torch.tensor(head_rows(kept_heads, parts.head_dim), dtype=torch.long))
         if recovery is not None:
             recover_attention(adapter, layer, recovery)
             record.attn_recovery = recovery
         return before - count_parameters(adapter.attention_module(layer))
 
-    def _prune_mlp(self, layer, index: int, batches, num_channels: int, record: LayerPlan) -> int:
+    def _prune_mlp(self, layer, index: int, batches, num_channels: int, record: LayerPlan, kept) -> int:
         adapter = self.adapter
         before = count_parameters(adapter.mlp_module(layer))
-        stats = collect_mlp_stats(adapter, layer, index, batches, self.device)
-        kept = self.method.channels.select(stats, num_channels).kept
+        paired_pass = self.method.recovery.needs_output_pass
+        stats = collect_mlp_stats(adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass)
+        kept_channels = self.method.channels.select(stats, num_channels).kept
         paired = None
-        if self.method.recovery.needs_output_pass:
-            paired = collect_paired_outputs(adapter, layer, index, batches, kept, self.device)
-        recovery = self.method.recovery.mlp(stats, kept, paired)
-        prune_channels(adapter, layer, kept)
-        record.kept_channels = kept
+        if paired_pass:
+            paired = collect_paired_outputs(adapter, layer, index, batches, kept_channels, self.device, kept)
+        recovery = self.method.recovery.mlp(stats, kept_channels, paired)
+        prune_channels(adapter, layer, kept_channels)
+        kept.keep_mlp_channels(torch.tensor(kept_channels, dtype=torch.long))
+        record.kept_channels = kept_channels
         if recovery is not None:
             recover_mlp(adapter, layer, recovery)
             record.mlp_recovery = recovery
@@ -271,8 +226,7 @@ def prune(
         for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
             start, before = time.perf_counter(), count_parameters(layer)
             with on_device(layer, device):
-                record = prune_layer(index, layer, batches, cosines[index])
-                batches = run_layer(layer, index, batches)
+                record, batches = prune_layer(index, layer, batches, cosines[index])
             layer_plans.append(record)
             layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
     adapter.sync_config(slim)
@@ -310,6 +264,11 @@ def prune(
             "selected": allocation.selected,
         },
         "layers": layer_rows,
+        "activation_cache": {
+            "cap_gib": config.cache_gb,
+            "peak_bytes": prune_layer.cache_peak_bytes,
+            "recomputed_layers": prune_layer.recomputed_layers,
+        },
         "seconds": timer.seconds,
     }
     return slim, plan

@@ -32,7 +32,7 @@ def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list
     return new
 
 
-def _head_rows(heads: list[int], head_dim: int) -> list[int]:
+def head_rows(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + i for h in heads for i in range(head_dim)]
 
 
@@ -46,7 +46,7 @@ def prune_heads(adapter: ModelAdapter, layer: nn.Module, kept_heads: list[int]) 
     kept_kv = sorted({parts.query_to_kv[h] for h in kept_heads})
     local_kv = {kv: i for i, kv in enumerate(kept_kv)}
     query_to_kv = [local_kv[parts.query_to_kv[h]] for h in kept_heads]
-    q_rows, kv_rows = _head_rows(kept_heads, parts.head_dim), _head_rows(kept_kv, parts.head_dim)
+    q_rows, kv_rows = head_rows(kept_heads, parts.head_dim), head_rows(kept_kv, parts.head_dim)
     adapter.slice_head_parameters(layer, q_rows, kv_rows)
     adapter.set_attention(
         layer,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from slimllm.allocation import Allocation, AllocationError, attention_units, removed_params
-from slimllm.calibrate import hooks, on_device, run_layer
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.importance.baselines import flap_channel_scores, flap_head_scores, selection, weight64
+from slimllm.layer_walk import hooks, on_device, run_layer
 from slimllm.methods.base import Criteria, MethodSpec, register
 from slimllm.plan import Recovery
 from slimllm.recovery import bias_compensation

@@ -69,6 +69,9 @@ class ModelAdapter:
     """
 
     model_type: str = ""
+    # Each head's output depends on its own projections only, so the kept heads' part of the dense
+    # attention output is what the pruned attention computes (not so for OLMo 2's q/k norms).
+    heads_independent: bool = True
 
     # -- conversion -------------------------------------------------------------------------
     def check_supported(self, config) -> None:

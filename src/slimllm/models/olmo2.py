@@ -19,6 +19,7 @@ def _sliced_norm(norm: nn.Module, rows: list[int]) -> nn.Module:
 
 class Olmo2Adapter(ModelAdapter):
     model_type = "olmo2"
+    heads_independent = False  # the q/k norms span every head
 
     def slice_head_parameters(self, layer: nn.Module, q_rows: list[int], kv_rows: list[int]) -> None:
         attn = layer.self_attn

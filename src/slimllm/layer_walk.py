@@ -1,0 +1,351 @@
+"""The layer-by-layer walk: capture what enters layer 0, run one layer at a time, and collect
+the streaming statistics of the layer being pruned.
+
+Only the current layer needs to be on the compute device; the hidden states of the calibration
+batches (N × d) are the only activations kept between layers. Within a layer, the inputs of
+``o_proj`` and ``down_proj`` may be kept (:class:`LayerActivations`) so that, after the surgery,
+the attention and the FFN are *replayed* from them (the new projection applied to the kept
+columns) instead of being run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimllm.importance import AttentionStats, MlpStats
+from slimllm.models.base import ModelAdapter
+from slimllm.stats import Moments, PairedColumnMoments
+
+# Keyword arguments of a decoder layer that belong to one forward pass over a whole sequence
+# and never to calibration: the KV cache and its switches.
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "use_cache", "cache_position")
+
+
+class StopForward(Exception):
+    """Raised by a hook once it has what it needs, to skip the rest of a forward pass."""
+
+
+@dataclass
+class LayerBatch:
+    """A batch of hidden states entering a layer, and what the model passes each layer with it.
+
+    ``layer_kwargs[i]`` holds the mask, positions and rotary embeddings the model gives layer
+    ``i``; layers of different kinds (sliding-window and global, local and global RoPE) differ.
+    """
+
+    hidden: torch.Tensor
+    layer_kwargs: list[dict]
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+@contextlib.contextmanager
+def on_device(module: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """Move ``module`` to ``device`` for the block, then back where it was."""
+    home = next(itertools.chain(module.parameters(), module.buffers())).device
+    if torch.device(device) == home:
+        yield module
+        return
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer: records the keyword arguments it gets, passes hidden states on."""
+
+    def __init__(self, layer: nn.Module, record: dict, device, first: bool, last: bool):
+        super().__init__()
+        self.record, self.device, self.first, self.last = record, device, first, last
+        if hasattr(layer, "attention_type"):  # models that pick masks by layer kind read it
+            self.attention_type = layer.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.first:
+            self.record["hidden"] = hidden_states.detach().to(self.device)
+        kept = {k: _to(v, self.device) for k, v in kwargs.items() if v is not None and k not in _CACHE_KWARGS}
+        self.record["layer_kwargs"].append(kept)
+        if self.last:
+            raise StopForward
+        return hidden_states
+
+
+@torch.no_grad()
+def capture_layer_inputs(
+    model: nn.Module, adapter: ModelAdapter, windows: torch.Tensor, batch_size: int, device: torch.device | str
+) -> list[LayerBatch]:
+    """Per batch, the hidden states entering the first decoder layer and every layer's keyword arguments.
+
+    The decoder layers are swapped for recorders for one pass, so only the embeddings, masks and
+    rotary embeddings are computed.
+    """
+    layers = adapter.layers(model)
+    originals = list(layers)
+    last = len(originals) - 1
+    captured: list[LayerBatch] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for module in adapter.around_layers(model):  # embeddings, rotary embeddings, ...
+                stack.enter_context(on_device(module, device))
+            for start in range(0, windows.shape[0], batch_size):
+                record: dict = {"layer_kwargs": []}
+                for index, layer in enumerate(originals):
+                    layers[index] = _Recorder(layer, record, device, first=index == 0, last=index == last)
+                with contextlib.suppress(StopForward):
+                    model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
+                captured.append(LayerBatch(record["hidden"], record["layer_kwargs"]))
+    finally:
+        for index, layer in enumerate(originals):
+            layers[index] = layer
+    return captured
+
+
+@torch.no_grad()
+def run_layer(
+    layer: nn.Module, index: int, batches: list[LayerBatch], *, keep_outputs: bool = True
+) -> list[LayerBatch]:
+    """Run every batch through decoder layer ``index``; a hook may raise :class:`StopForward` to cut it short."""
+    outputs = []
+    for batch in batches:
+        try:
+            out = layer(batch.hidden, use_cache=False, **batch.layer_kwargs[index])
+        except StopForward:
+            continue
+        if keep_outputs:
+            out = out[0] if isinstance(out, tuple) else out
+            outputs.append(LayerBatch(out.detach(), batch.layer_kwargs))
+    return outputs
+
+
+@contextlib.contextmanager
+def hooks(*registrations: Callable[[], torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+    handles = [register() for register in registrations]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_cosine(inputs: list[LayerBatch], outputs: list[LayerBatch]) -> float:
+    """Mean over all calibration tokens of cos(x_in, x_out)."""
+    total, count = 0.0, 0
+    for before, after in zip(inputs, outputs, strict=True):
+        cos = torch.nn.functional.cosine_similarity(before.hidden.double(), after.hidden.double(), dim=-1)
+        total += float(cos.sum())
+        count += cos.numel()
+    return total / count
+
+
+# -- kept activations and replay ---------------------------------------------------------------
+@dataclass
+class LayerActivations:
+    """Per-batch activations of the layer being pruned, kept so the layer need not run again.
+
+    ``attention_input[b]`` entered ``o_proj`` for batch b (after the attention surgery, only the
+    kept heads' columns); ``mlp_hidden[b]`` entered ``down_proj`` (after the FFN surgery, only the
+    kept channels); ``mlp_output[b]`` is the dense ``down_proj`` output, for the paired pass.
+    ``device`` is where they are kept, or None: nothing is kept and every stage runs the layer.
+    """
+
+    device: torch.device | None
+    attention_input: list[torch.Tensor] | None = None
+    mlp_hidden: list[torch.Tensor] | None = None
+    mlp_output: list[torch.Tensor] | None = None
+    peak_bytes: int = 0
+
+    def note_size(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+    @property
+    def keeping(self) -> bool:
+        return self.device is not None
+
+    @property
+    def nbytes(self) -> int:
+        kept = (self.attention_input or []) + (self.mlp_hidden or []) + (self.mlp_output or [])
+        return sum(t.numel() * t.element_size() for t in kept)
+
+    def _store(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().to(self.device)
+
+    def keep_attention_columns(self, columns: torch.Tensor) -> None:
+        if self.attention_input is not None:
+            self.attention_input = [x.index_select(-1, columns.to(x.device)) for x in self.attention_input]
+
+    def keep_mlp_channels(self, channels: torch.Tensor) -> None:
+        if self.mlp_hidden is not None:
+            self.mlp_hidden = [h.index_select(-1, channels.to(h.device)) for h in self.mlp_hidden]
+        self.mlp_output = None
+
+
+def activations_for_layer(
+    batches: list[LayerBatch], widths: int, compute_device: torch.device, cap_bytes: float
+) -> LayerActivations:
+    """Where this layer's activations can be kept: ``widths`` features per token (the ``o_proj``
+    and ``down_proj`` inputs and, for the paired pass, the FFN output) fit under ``cap_bytes`` on
+    the compute device if it has room, else in CPU memory; otherwise nowhere (recompute)."""
+    tokens = sum(batch.hidden.shape[:-1].numel() for batch in batches)
+    needed = tokens * widths * batches[0].hidden.element_size()
+    if needed > cap_bytes:
+        return LayerActivations(device=None)
+    device = torch.device(compute_device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        if needed > free // 2:
+            device = torch.device("cpu")
+    return LayerActivations(device=device)
+
+
+@contextlib.contextmanager
+def _replaced_forward(module: nn.Module, forward: Callable) -> Iterator[None]:
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+@contextlib.contextmanager
+def replaying(adapter: ModelAdapter, layer: nn.Module, kept: LayerActivations, *, mlp: bool) -> Iterator[None]:
+    """Within the block, the layer's attention (and, with ``mlp``, its FFN) returns its current
+    output projection applied to the kept inputs, batch by batch, instead of computing it; parts
+    with nothing kept run as usual. Each ``run_layer`` inside the block must be a single pass."""
+    with contextlib.ExitStack() as stack:
+        if kept.attention_input is not None:
+            o_proj, inputs = adapter.attention(layer).o_proj, iter(kept.attention_input)
+            replay = lambda *args, **kwargs: (o_proj(next(inputs).to(o_proj.weight.device)), None)  # noqa: E731
+            stack.enter_context(_replaced_forward(adapter.attention_module(layer), replay))
+        if mlp and kept.mlp_hidden is not None:
+            down, hidden = adapter.mlp(layer).down_proj, iter(kept.mlp_hidden)
+            replay_mlp = lambda *args, **kwargs: down(next(hidden).to(down.weight.device))  # noqa: E731
+            stack.enter_context(_replaced_forward(adapter.mlp_module(layer), replay_mlp))
+        yield
+
+
+# -- the statistics of one layer ---------------------------------------------------------------
+@torch.no_grad()
+def collect_attention_stats(
+    adapter: ModelAdapter, layer, index: int, batches, units, device, kept: LayerActivations
+) -> AttentionStats:
+    """The moments of the ``o_proj`` input; its activations are kept when ``kept`` says so and
+    the family's heads are independent (replaying them after the surgery is then exact)."""
+    parts = adapter.attention(layer)
+    moments = Moments(parts.o_proj.in_features, device, where=f"o_proj input of layer {index}")
+    store = [] if kept.keeping and adapter.heads_independent else None
+
+    def grab(_module, args):
+        moments.update(args[0])
+        if store is not None:
+            store.append(kept._store(args[0]))
+        raise StopForward
+
+    with hooks(lambda: parts.o_proj.register_forward_pre_hook(grab)):
+        run_layer(layer, index, batches, keep_outputs=False)
+    kept.attention_input = store
+    kept.note_size()
+    return AttentionStats(moments, parts, units)
+
+
+@torch.no_grad()
+def collect_mlp_stats(
+    adapter: ModelAdapter, layer, index: int, batches, device, kept: LayerActivations, *, paired_pass: bool
+) -> MlpStats:
+    """The moments of the FFN's input, hidden activations and output, the attention replayed
+    from ``kept``; keeps the ``down_proj`` inputs (and, for ``paired_pass``, its outputs) and,
+    where the attention ran, the ``o_proj`` inputs."""
+    parts = adapter.mlp(layer)
+    mlp_module = adapter.mlp_module(layer)
+    where = f"FFN of layer {index}"
+    d = parts.down_proj.out_features
+    inputs = Moments(d, device, full=False, where=where)
+    hidden = Moments(parts.width, device, full=False, where=where)
+    output = Moments(d, device, where=where)
+    hidden_store = [] if kept.keeping else None
+    output_store = [] if kept.keeping and paired_pass else None
+    attention_store = [] if kept.keeping and kept.attention_input is None else None
+
+    def grab_attention(_module, args):
+        attention_store.append(kept._store(args[0]))
+
+    def grab_input(_module, args):
+        inputs.update(args[0])
+
+    def grab_hidden(_module, args):
+        hidden.update(args[0])
+        if hidden_store is not None:
+            hidden_store.append(kept._store(args[0]))
+
+    def grab_output(_module, _args, out):
+        output.update(out)
+        if output_store is not None:
+            output_store.append(kept._store(out))
+        raise StopForward
+
+    registrations = [
+        lambda: mlp_module.register_forward_pre_hook(grab_input),
+        lambda: parts.down_proj.register_forward_pre_hook(grab_hidden),
+        lambda: parts.down_proj.register_forward_hook(grab_output),
+    ]
+    if attention_store is not None:
+        registrations.append(lambda: adapter.attention(layer).o_proj.register_forward_pre_hook(grab_attention))
+    with replaying(adapter, layer, kept, mlp=False), hooks(*registrations):
+        run_layer(layer, index, batches, keep_outputs=False)
+    if attention_store is not None:
+        kept.attention_input = attention_store
+    kept.mlp_hidden, kept.mlp_output = hidden_store, output_store
+    kept.note_size()
+    return MlpStats(inputs, hidden, output, parts)
+
+
+def _paired_update(moments, hidden, dense, index, kept_weight, bias) -> None:
+    approx = torch.nn.functional.linear(hidden.index_select(-1, index.to(hidden.device)), kept_weight, bias)
+    moments.update(dense, approx)
+
+
+@torch.no_grad()
+def collect_paired_outputs(
+    adapter: ModelAdapter, layer, index: int, batches, kept_channels: list[int], device, kept: LayerActivations
+) -> PairedColumnMoments:
+    """Moments of the dense FFN output and of the kept channels' output (same ``down_proj``, the
+    other channels dropped), on the same tokens: from the kept activations when there are any,
+    else from one more pass over the layer."""
+    down = adapter.mlp(layer).down_proj
+    weight, bias = down.weight, down.bias
+    moments = PairedColumnMoments(down.out_features, device, where=f"FFN output of layer {index}")
+    channels = torch.tensor(kept_channels, dtype=torch.long, device=weight.device)
+    kept_weight = weight.index_select(1, channels)
+    if kept.mlp_hidden is not None and kept.mlp_output is not None:
+        for hidden, dense in zip(kept.mlp_hidden, kept.mlp_output, strict=True):
+            _paired_update(moments, hidden.to(weight.device), dense.to(weight.device), channels, kept_weight, bias)
+        return moments
+
+    def grab(_module, args):
+        hidden = args[0]
+        _paired_update(moments, hidden, torch.nn.functional.linear(hidden, weight, bias), channels, kept_weight, bias)
+        raise StopForward
+
+    with replaying(adapter, layer, kept, mlp=False), hooks(lambda: down.register_forward_pre_hook(grab)):
+        run_layer(layer, index, batches, keep_outputs=False)
+    return moments
+
+
+@torch.no_grad()
+def propagate(adapter: ModelAdapter, layer, index: int, batches, kept: LayerActivations) -> list[LayerBatch]:
+    """The pruned layer's outputs for every batch, replaying whatever ``kept`` holds."""
+    with replaying(adapter, layer, kept, mlp=True):
+        return run_layer(layer, index, batches)
