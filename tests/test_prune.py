@@ -98,6 +98,47 @@ def test_input_model_is_untouched_and_target_met(tiny_model, calib_data):
     assert set(report["seconds"]) >= {"calibration_data", "capture_inputs", "layer_cosines", "prune_layers", "total"}
 
 
+def test_replaying_kept_activations_gives_the_recomputed_result(tiny_model, calib_data):
+    _check_replay_matches_recomputing(tiny_model, calib_data, "slimllm")
+
+
+@pytest.mark.parametrize("method", ["flap", "wanda-sp"])  # recoveries without the paired pass
+def test_replaying_matches_recomputing_for_other_recoveries(calib_data, method):
+    _check_replay_matches_recomputing(tiny_llama(), calib_data, method)
+
+
+def _check_replay_matches_recomputing(model, calib_data, method):
+    """The kept o_proj/down_proj inputs (default) and recomputing every pass (cache_gb=0) keep the
+    same heads and channels, for every family and recovery kind. Weights agree to float
+    tolerance, not bit for bit: the pruned attention's SDPA over fewer heads may round the kept
+    heads differently in the last bit (1e-9 here; on SmolLM2 the two are bit-identical)."""
+    results = []
+    for cache_gb in (4.0, 0.0):
+        config = _config(method=method, cache_gb=cache_gb)
+        pruned, plan = slimllm.prune(model, None, config, calib_data, progress=False)
+        results.append((plan, pruned.state_dict()))
+        cache = plan.report["activation_cache"]
+        assert (cache["peak_bytes"] > 0) == (cache_gb > 0)
+        assert bool(cache["recomputed_layers"]) == (cache_gb == 0)
+    (kept_plan, kept_state), (recomputed_plan, recomputed_state) = results
+    structure = ("kept_heads", "kept_kv_heads", "query_to_kv", "kept_channels", "ratio")
+    for kept_layer, recomputed_layer in zip(kept_plan.layers, recomputed_plan.layers, strict=True):
+        for key in structure:
+            assert getattr(kept_layer, key) == getattr(recomputed_layer, key), (kept_layer.index, key)
+        if kept_layer.head_scores is not None:
+            assert kept_layer.head_scores == pytest.approx(recomputed_layer.head_scores, rel=1e-6)
+    assert kept_state.keys() == recomputed_state.keys()
+    for name, tensor in kept_state.items():
+        torch.testing.assert_close(tensor, recomputed_state[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_kept_activations_fall_back_to_recomputing_above_the_cap(calib_data):
+    # 12 windows x 24 tokens x (o_proj + down_proj inputs + FFN output) floats: about 0.3 MB a layer
+    _, plan = slimllm.prune(tiny_llama(), None, _config(cache_gb=1e-4), calib_data, progress=False)
+    assert plan.report["activation_cache"]["peak_bytes"] == 0
+    assert plan.report["activation_cache"]["recomputed_layers"]
+
+
 def test_regression_reduces_output_error(calib_data):
     model = tiny_llama()
     dense = logits(model, calib_data)

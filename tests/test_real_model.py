@@ -47,6 +47,19 @@ def test_realised_ratio_and_reload(smollm2, ratio, tmp_path):
     assert generated.shape[1] == ids.shape[1] + 5
 
 
+def test_kept_activations_change_nothing_on_smollm2(smollm2):
+    """Replaying kept o_proj/down_proj inputs gives the recomputed plan and weights bit for bit."""
+    model, tokenizer = smollm2
+    results = []
+    for cache_gb in (4.0, 0.0):
+        config = slimllm.PruneConfig(ratio=0.2, calib="lambada", nsamples=8, seqlen=32, cache_gb=cache_gb)
+        pruned, plan = slimllm.prune(model, tokenizer, config, progress=False)
+        results.append(([layer.to_json() for layer in plan.layers], pruned.state_dict()))
+    (kept_plan, kept_state), (recomputed_plan, recomputed_state) = results
+    assert kept_plan == recomputed_plan
+    assert all(torch.equal(tensor, recomputed_state[name]) for name, tensor in kept_state.items())
+
+
 def test_pruned_model_generates_the_same_text_with_and_without_the_kv_cache(smollm2):
     model, tokenizer = smollm2
     config = slimllm.PruneConfig(ratio=0.2, calib="lambada", nsamples=8, seqlen=32)

@@ -34,7 +34,7 @@ from slimllm.methods import Method, build_method
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
-from slimllm.runtime import count_parameters, versions
+from slimllm.runtime import CoreShare, count_parameters, versions
 from slimllm.surgery import head_rows, prune_channels, prune_heads, recover_attention, recover_mlp
 
 
@@ -203,9 +203,10 @@ def prune(
     with timer.phase("capture_inputs"):
         layer0_inputs = capture_layer_inputs(slim, adapter, data, config.batch_size, device)
 
-    with timer.phase("layer_cosines"):
+    with timer.phase("layer_cosines"), CoreShare(config.threads) as cores:
         cosines, batches = [], layer0_inputs
         for index, layer in enumerate(tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False)):
+            cores.adjust()
             with on_device(layer, device):
                 outputs = run_layer(layer, index, batches)
             cosines.append(token_cosine(batches, outputs))
@@ -221,9 +222,10 @@ def prune(
 
     prune_layer = _LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []
-    with timer.phase("prune_layers"):
+    with timer.phase("prune_layers"), CoreShare(config.threads) as pruning_cores:
         batches = layer0_inputs
         for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
+            pruning_cores.adjust()
             start, before = time.perf_counter(), count_parameters(layer)
             with on_device(layer, device):
                 record, batches = prune_layer(index, layer, batches, cosines[index])
@@ -268,6 +270,11 @@ def prune(
             "cap_gib": config.cache_gb,
             "peak_bytes": prune_layer.cache_peak_bytes,
             "recomputed_layers": prune_layer.recomputed_layers,
+        },
+        "threads": {
+            "fixed": config.threads,
+            "cores": cores.cores,
+            "per_layer": {"layer_cosines": cores.used, "prune_layers": pruning_cores.used},
         },
         "seconds": timer.seconds,
     }
