@@ -41,7 +41,17 @@ def test_paired_moments_match_numpy():
     np.testing.assert_allclose(moments.cov_approx_target.numpy(), expected_cov, rtol=1e-10)
 
 
-def test_non_finite_activations_are_a_clear_error():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_activations_are_a_clear_error(bad):
     moments = Moments(3, where="o_proj input of layer 4")
     with pytest.raises(NonFiniteActivationError, match="layer 4"):
-        moments.update(torch.tensor([[1.0, float("nan"), 0.0]]))
+        moments.update(torch.tensor([[1.0, 2.0, 0.0], [1.0, bad, 0.0]]))
+    paired = PairedColumnMoments(2, where="FFN output of layer 4")
+    with pytest.raises(NonFiniteActivationError, match="layer 4"):
+        paired.update(torch.ones(3, 2), torch.tensor([[0.0, 1.0], [bad, -bad], [2.0, 3.0]]))
+
+
+def test_large_finite_float32_activations_are_accepted():
+    moments = Moments(2)
+    moments.update(torch.full((4096, 2), torch.finfo(torch.float32).max))  # their float64 sum is finite
+    assert moments.count == 4096
