@@ -7,19 +7,9 @@ import statistics
 from pathlib import Path
 
 from slimllm.bench.files import RESULTS_JSON, RESULTS_MD, write_record
-from slimllm.eval.harness import TASKS
-from slimllm.eval.report import PPL_LABELS, TASK_LABELS
+from slimllm.eval.report import PPL_LABELS
+from slimllm.eval.task_table import TASKS, chance_of_mean, task_label
 
-# Accuracy of guessing (answer choices per question; ARC has a few 3- and 5-choice questions).
-CHANCE = {
-    "boolq": 0.5,
-    "piqa": 0.5,
-    "hellaswag": 0.25,
-    "winogrande": 0.5,
-    "arc_easy": 0.25,
-    "arc_challenge": 0.25,
-    "openbookqa": 0.25,
-}
 PLOTS = {"layers": "layers.png", "perplexity": "perplexity.png", "accuracy": "accuracy.png"}
 
 
@@ -284,11 +274,11 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
             else "all documents"
         )
         out.append(
-            f"Zero-shot (lm-eval, 0-shot): {', '.join(TASK_LABELS.get(t, t) for t in spec['tasks'])}; {docs} "
+            f"Zero-shot (lm-eval, 0-shot): {', '.join(task_label(t) for t in spec['tasks'])}; {docs} "
             f"(subset seed {spec['task_seed']}, the same documents for every model); acc for BoolQ, PIQA, "
             "WinoGrande, ARC-e, acc_norm for HellaSwag, ARC-c, OBQA; the average is their plain mean. "
             "Chance level of the average ≈ "
-            f"{100 * statistics.fmean(CHANCE[t] for t in spec['tasks'] if t in CHANCE):.1f}%."
+            f"{100 * chance_of_mean(spec['tasks']):.1f}%."
         )
     sp = spec["speed"]
     if sp["speed"]:
@@ -316,7 +306,7 @@ def _quality_table(rows: list[dict], ratio, dense: dict | None, ppl_sources: lis
     header = ["method", "seeds", "params (M)", "removed"]
     header += [f"{PPL_LABELS.get(s, s)} PPL ↓" for s in ppl_sources]
     header += ["avg acc % ↑"] if tasks else []
-    header += [TASK_LABELS.get(t, t) for t in tasks]
+    header += [task_label(t) for t in tasks]
     header += ["prune s (min over seeds)", "peak RSS MiB (+ during pruning)"]
     lines = [f"## {_pct(ratio)} of the parameters removed", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))
@@ -552,9 +542,7 @@ def plot_all(results: dict, records: list[dict], out: Path) -> dict[str, str]:
             ax.axhline(100 * dense["eval"]["zero_shot"]["mean"], color="gray", linestyle="--", label="dense")
         tasks = results["settings"]["tasks"]
         if tasks:
-            ax.axhline(
-                100 * statistics.fmean(CHANCE.get(t, 0.5) for t in tasks), color="red", linestyle=":", label="chance"
-            )
+            ax.axhline(100 * chance_of_mean(tasks), color="red", linestyle=":", label="chance")
         ax.set_xlabel("parameters removed (%)")
         ax.set_ylabel("average zero-shot accuracy (%)")
         ax.legend(fontsize=7)

@@ -101,7 +101,7 @@ def register(subparsers) -> None:
 
 def spec_from_args(args):
     from slimllm.bench.spec import BenchSpec
-    from slimllm.eval.harness import TASKS
+    from slimllm.eval.task_table import TASKS
 
     tasks = list(TASKS) if args.tasks is None or "all" in args.tasks else args.tasks
     return BenchSpec(

@@ -9,6 +9,8 @@ import platform
 import shlex
 import sys
 
+from slimllm.eval.task_table import TASKS
+
 EXAMPLES = """\
 examples:
   slimllm eval smollm2-135m                       # WikiText-2 + PTB PPL and the seven tasks
@@ -71,8 +73,7 @@ def register(subparsers) -> None:
         "--tasks",
         type=parse_names,
         metavar="TASKS",
-        help="comma-separated tasks among boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, "
-        "'all' or 'none' (default: all)",
+        help=f"comma-separated tasks among {','.join(TASKS)}, 'all' or 'none' (default: all)",
     )
     parser.add_argument("--seqlen", type=_positive, default=128, help="perplexity window in tokens (default 128)")
     parser.add_argument(
@@ -104,8 +105,6 @@ def register(subparsers) -> None:
 
 def _plan(args) -> tuple[list[str], list[str]]:
     """Perplexity sources and tasks to run: both defaults when neither flag is given."""
-    from slimllm.eval.harness import TASKS
-
     if args.ppl is None and args.tasks is None:
         return ["wikitext2", "ptb"], list(TASKS)
     tasks = args.tasks or []

