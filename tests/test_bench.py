@@ -70,12 +70,14 @@ def test_cells_order_seeds_ablations_and_keys():
 
 
 def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypatch):
-    def fake_zero_shot(model, tokenizer, tasks, **kwargs):  # the real one needs a tokenizer; tested below
+    def fake_zero_shot(model, tokenizer, settings):  # the real one needs a tokenizer; tested below
         value = 0.25 + 0.01 * len(list(model.parameters()))
-        per_task = {t: {"headline": value, "headline_stderr": 0.1, "acc": value, "documents": 2} for t in tasks}
-        return {"tasks": per_task, "mean": value, "limit": kwargs["limit"], "seed": kwargs["seed"]}
+        per_task = {
+            t: {"headline": value, "headline_stderr": 0.1, "acc": value, "documents": 2} for t in settings.tasks
+        }
+        return {"tasks": per_task, "mean": value, "limit": settings.task_limit, "seed": settings.seed}
 
-    monkeypatch.setattr(bench_runner, "zero_shot", fake_zero_shot)
+    monkeypatch.setattr(bench_runner, "zero_shot_with", fake_zero_shot)
     spec = _spec(tmp_path / "out", tasks=["piqa", "boolq"], task_limit=2)
     results = run_bench(spec, **_inputs())
     out = tmp_path / "out"

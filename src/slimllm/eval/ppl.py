@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from slimllm.data.sources import load_text, token_windows, tokenize_stream
-
-DEFAULT_SEQLEN = 128
-DEFAULT_BATCH_SIZE = 8
+from slimllm.eval.settings import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN
 
 
 @torch.inference_mode()
