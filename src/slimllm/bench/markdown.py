@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import statistics
-
+from slimllm.bench.summary import accuracy_stderr, majority_rates
 from slimllm.eval.report import PPL_LABELS
 from slimllm.eval.task_table import chance_of_mean, task_label
 
@@ -55,6 +54,8 @@ def markdown(results: dict) -> str:
         lines += _quality_table(rows, ratio, dense, ppl_sources, tasks)
     if results["standings"]:
         lines += _standings_text(results["standings"])
+    if results.get("paired"):
+        lines += _paired_table(results["paired"])
     if results["ablations"]:
         lines += _ablation_table(results["ablations"], ppl_sources, bool(results["speed"]))
     if results["speed"]:
@@ -108,14 +109,15 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
     )
     if spec["tasks"]:
         docs = (
-            f"a seeded random subset of {spec['task_limit']} documents per task"
+            f"a seeded random subset of {spec['task_limit']} documents per task (all of a task that has fewer)"
             if spec["task_limit"]
             else "all documents"
         )
         out.append(
             f"Zero-shot (lm-eval, 0-shot): {', '.join(task_label(t) for t in spec['tasks'])}; {docs} "
             f"(subset seed {spec['task_seed']}, the same documents for every model); acc for BoolQ, PIQA, "
-            "WinoGrande, ARC-e, acc_norm for HellaSwag, ARC-c, OBQA; the average is their plain mean. "
+            "WinoGrande, ARC-e, acc_norm for HellaSwag, ARC-c, OBQA; the average is their plain mean. Each "
+            "document's result is kept in the cell files, so paired differences can be recomputed from them. "
             "Chance level of the average ≈ "
             f"{100 * chance_of_mean(spec['tasks']):.1f}%."
         )
@@ -141,50 +143,90 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
     return out
 
 
+AT_MAJORITY = "†"
+
+
+def _accuracy_cell(mean: float | None, stderr: float | None, seed_spread: float | None = None) -> str:
+    if mean is None:
+        return "–"
+    text = f"{100 * mean:.2f}" + (f" ± {100 * stderr:.2f}" if stderr is not None else "")
+    return text + (f" (seed sd {100 * seed_spread:.2f})" if seed_spread is not None else "")
+
+
+def _task_cell(value: dict | None, majority: float | None) -> str:
+    """A task's score, marked when it does not beat always giving the majority answer."""
+    text = _fmt(value, 1, 100)
+    if value and majority is not None and value["mean"] <= majority:
+        text += AT_MAJORITY
+    return text
+
+
+def _table_majority(rows: list[dict], dense: dict | None) -> dict[str, float]:
+    """Majority-answer rates of the evaluated documents (the same documents for every model)."""
+    found = majority_rates(dense["eval"].get("zero_shot")) if dense else {}
+    return found or next((r["majority"] for r in rows if r.get("majority")), {})
+
+
+def _dense_cells(dense: dict, ppl_sources: list[str], tasks: list[str], majority: dict) -> list[str]:
+    cells = ["dense", "–", f"{dense['params']['dense'] / 1e6:.2f}", "0%"]
+    cells += [f"{dense['eval']['perplexity'][s]['ppl']:.2f}" for s in ppl_sources]
+    zs = dense["eval"].get("zero_shot")
+    if tasks:
+        cells.append(_accuracy_cell(zs["mean"], accuracy_stderr(zs)) if zs else "–")
+        scores = {t: {"mean": zs["tasks"][t]["headline"], "std": None} for t in tasks} if zs else {}
+        cells += [_task_cell(scores.get(t), majority.get(t)) for t in tasks]
+    return [*cells, "–", "–"]
+
+
+def _row_cells(row: dict, ppl_sources: list[str], tasks: list[str], majority: dict) -> list[str]:
+    name = row["label"] if row["kind"] == "main" else f"*{row['label']}*"
+    cells = [name, ",".join(map(str, row["seeds"])), f"{row['params']['mean'] / 1e6:.2f}"]
+    cells.append(f"{100 * row['realised_ratio']['mean']:.2f}%")
+    cells += [_fmt(row["ppl"].get(s)) for s in ppl_sources]
+    if tasks:
+        acc = row["acc"]
+        text = _accuracy_cell(acc and acc["mean"], row["acc_stderr"], acc and acc["std"])
+        if acc and acc["n"] < len(row["seeds"]):
+            text += f" (seed {','.join(map(str, row['acc_seeds']))})"
+        cells.append(text)
+        cells += [_task_cell(row["tasks"].get(t), majority.get(t)) for t in tasks]
+    rss = _fmt(row["rss_peak_mib"], 0)
+    if row["rss_increase_mib"]:
+        rss += f" (+{row['rss_increase_mib']['mean']:.0f})"
+    prune_s = f"{min(row['prune_s']['values']):.1f}" if row["prune_s"] else "–"
+    return [*cells, prune_s, rss]
+
+
+def _majority_cells(ppl_sources: list[str], tasks: list[str], majority: dict) -> list[str]:
+    rates = [majority.get(t) for t in tasks]
+    mean = sum(rates) / len(rates) if None not in rates else None
+    cells = ["*majority answer*", "–", "–", "–", *("–" for _ in ppl_sources), _accuracy_cell(mean, None)]
+    return [*cells, *(f"{100 * r:.1f}" if r is not None else "–" for r in rates), "–", "–"]
+
+
 def _quality_table(rows: list[dict], ratio, dense: dict | None, ppl_sources: list[str], tasks: list[str]) -> list[str]:
     header = ["method", "seeds", "params (M)", "removed"]
     header += [f"{PPL_LABELS.get(s, s)} PPL ↓" for s in ppl_sources]
-    header += ["avg acc % ↑"] if tasks else []
+    header += ["avg acc % ↑ (± s.e.)"] if tasks else []
     header += [task_label(t) for t in tasks]
     header += ["prune s (min over seeds)", "peak RSS MiB (+ during pruning)"]
     lines = [f"## {percent(ratio)} of the parameters removed", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))
-    if dense:
-        cells = ["dense", "–", f"{dense['params']['dense'] / 1e6:.2f}", "0%"]
-        cells += [f"{dense['eval']['perplexity'][s]['ppl']:.2f}" for s in ppl_sources]
-        zs = dense["eval"].get("zero_shot")
-        if tasks:
-            cells.append(f"{100 * zs['mean']:.2f}" if zs else "–")
-            cells += [f"{100 * zs['tasks'][t]['headline']:.1f}" if zs else "–" for t in tasks]
-        cells += ["–", "–"]
-        lines.append("| " + " | ".join(cells) + " |")
-    for row in rows:
-        if row["ratio"] != ratio:
-            continue
-        name = row["label"] if row["kind"] == "main" else f"*{row['label']}*"
-        cells = [name, ",".join(map(str, row["seeds"])), f"{row['params']['mean'] / 1e6:.2f}"]
-        cells.append(f"{100 * row['realised_ratio']['mean']:.2f}%")
-        cells += [_fmt(row["ppl"].get(s)) for s in ppl_sources]
-        if tasks:
-            acc = _fmt(row["acc"], 2, 100)
-            if row["acc"] and row["acc"]["n"] < len(row["seeds"]):
-                acc += f" (seed {','.join(map(str, row['acc_seeds']))})"
-            cells.append(acc)
-            cells += [_fmt(row["tasks"].get(t), 1, 100) for t in tasks]
-        rss = _fmt(row["rss_peak_mib"], 0)
-        if row["rss_increase_mib"]:
-            rss += f" (+{row['rss_increase_mib']['mean']:.0f})"
-        prune_s = f"{min(row['prune_s']['values']):.1f}" if row["prune_s"] else "–"
-        cells += [prune_s, rss]
-        lines.append("| " + " | ".join(cells) + " |")
-    stderr = [r["acc_stderr"] for r in rows if r["ratio"] == ratio and r["acc_stderr"]]
+    majority = _table_majority(rows, dense) if tasks else {}
+    table = [_dense_cells(dense, ppl_sources, tasks, majority)] if dense else []
+    table += [_row_cells(row, ppl_sources, tasks, majority) for row in rows if row["ratio"] == ratio]
+    if majority:
+        table.append(_majority_cells(ppl_sources, tasks, majority))
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
     lines.append("")
-    if stderr:
-        lines.append(
-            f"Standard error of one average accuracy from the document subsets ≈ {100 * statistics.fmean(stderr):.2f} "
-            "points (lm-eval's per-task standard errors combined). Ablation rows in italics."
-        )
-        lines.append("")
+    if any(r["acc_stderr"] for r in rows if r["ratio"] == ratio):
+        lines += [
+            "Average accuracy ± its standard error over the documents: sqrt(Σ s.e.ᵢ²) / number of tasks, from "
+            "lm-eval's per-task standard errors (seed sd: spread over calibration seeds where more than one "
+            f"was evaluated). {AT_MAJORITY}: no better than always giving the task's most frequent answer on the "
+            "same documents (the *majority answer* row). Ablation rows in italics.",
+            "",
+        ]
     return lines
 
 
@@ -213,6 +255,36 @@ def _standings_text(standings: list[dict]) -> list[str]:
             )
         lines.append("")
     return lines
+
+
+def _paired_table(paired: list[dict]) -> list[str]:
+    lines = [
+        "## SlimLLM against each baseline on the same documents",
+        "",
+        "| ratio | SlimLLM row | against | Δ avg acc (points) | paired s.e. | unpaired s.e. | Δ / paired s.e. |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for entry in paired:
+        stderr, unpaired = entry["stderr"], entry["unpaired_stderr"]
+        ratio_to_error = f"{entry['difference'] / stderr:+.1f}" if stderr else "–"
+        lines.append(
+            f"| {percent(entry['ratio'])} | {entry['reference']} | {entry['baseline']} "
+            f"| {100 * entry['difference']:+.2f} | {_points(stderr)} | {_points(unpaired)} | {ratio_to_error} |"
+        )
+    lines += [
+        "",
+        "Δ = the SlimLLM row's average accuracy minus the other model's, on the same documents and calibration "
+        "seed: the mean over tasks of the per-task mean of per-document differences (right = 1, wrong = 0). "
+        "Paired s.e. = sqrt(Σ s.e.ₜ²) / number of tasks, s.e.ₜ from the per-document differences of task t; "
+        "unpaired s.e. treats the two averages as independent. |Δ / paired s.e.| above 2 is a difference the "
+        "document sample can tell apart from noise (calibration-seed spread not included).",
+        "",
+    ]
+    return lines
+
+
+def _points(value: float | None) -> str:
+    return f"{100 * value:.2f}" if value is not None else "–"
 
 
 def _ablation_table(ablations: list[dict], ppl_sources: list[str], speed_measured: bool) -> list[str]:

@@ -11,7 +11,14 @@ from pathlib import Path
 from slimllm.bench.files import RESULTS_JSON, RESULTS_MD, write_record
 from slimllm.bench.markdown import markdown
 from slimllm.bench.plots import plot_all
-from slimllm.bench.summary import ablation_costs, code_versions, speed_rows, standings, summarise
+from slimllm.bench.summary import (
+    ablation_costs,
+    code_versions,
+    paired_comparisons,
+    speed_rows,
+    standings,
+    summarise,
+)
 from slimllm.eval.task_table import TASKS
 
 
@@ -26,6 +33,7 @@ def write_outputs(spec, records: list[dict], *, out: Path, command, invocations:
         first_cal = next((r.get("calibration") for r in pruned if r.get("calibration")), None)
         dense = {**dense, "calibration": first_cal}
     rows = summarise(pruned)
+    paired = paired_comparisons(records)
     settings = {
         **spec.fingerprint(),
         "model": spec.model,
@@ -58,7 +66,8 @@ def write_outputs(spec, records: list[dict], *, out: Path, command, invocations:
         "skipped": list(skipped),
         "dense": dense,
         "rows": rows,
-        "standings": standings(rows),
+        "standings": standings(rows, paired=paired),
+        "paired": paired,
         "ablations": ablation_costs(pruned, rows),
         "speed": speed_rows(rows, pruned),
         "cells": records,

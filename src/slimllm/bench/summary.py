@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from slimllm.eval.uncertainty import mean_stderr, paired_difference
+
 
 def stat(values: list[float]) -> dict | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -19,14 +21,18 @@ def stat(values: list[float]) -> dict | None:
     }
 
 
-def _acc_stderr(zero_shot: dict | None) -> float | None:
+def accuracy_stderr(zero_shot: dict | None) -> float | None:
     """Standard error of the task average from lm-eval's per-task standard errors."""
     if not zero_shot:
         return None
-    errors = [t.get("headline_stderr") for t in zero_shot["tasks"].values()]
-    if any(e is None or (isinstance(e, float) and math.isnan(e)) for e in errors):
-        return None
-    return math.sqrt(sum(e * e for e in errors)) / len(errors)
+    return mean_stderr([t.get("headline_stderr") for t in zero_shot["tasks"].values()])
+
+
+def majority_rates(zero_shot: dict | None) -> dict[str, float]:
+    """Per task, the accuracy of always giving the most frequent gold answer on the evaluated documents."""
+    if not zero_shot:
+        return {}
+    return {t: v["majority"]["rate"] for t, v in zero_shot["tasks"].items() if v.get("majority")}
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -51,7 +57,8 @@ def summarise(records: list[dict]) -> list[dict]:
             "log_ppl": {s: stat([math.log(r["eval"]["perplexity"][s]["ppl"]) for r in group]) for s in ppl_sources},
             "acc": stat([r["eval"]["zero_shot"]["mean"] for r in with_tasks]),
             "acc_seeds": [r["seed"] for r in with_tasks],
-            "acc_stderr": _acc_stderr(with_tasks[0]["eval"]["zero_shot"]) if with_tasks else None,
+            "acc_stderr": accuracy_stderr(with_tasks[0]["eval"]["zero_shot"]) if with_tasks else None,
+            "majority": majority_rates(with_tasks[0]["eval"]["zero_shot"]) if with_tasks else {},
             "tasks": {
                 t: stat([r["eval"]["zero_shot"]["tasks"][t]["headline"] for r in with_tasks])
                 for t in (with_tasks[0]["eval"]["zero_shot"]["tasks"] if with_tasks else {})
@@ -76,8 +83,12 @@ def _seed_value(records: list[dict], ratio, label: str, seed) -> dict | None:
     return next((r for r in records if r["ratio"] == ratio and r["label"] == label and r["seed"] == seed), None)
 
 
-def standings(rows: list[dict], reference: str = "slimllm") -> list[dict]:
-    """Where ``reference`` stands against every other main row, per ratio and metric."""
+def standings(rows: list[dict], reference: str = "slimllm", paired: list[dict] | None = None) -> list[dict]:
+    """Where ``reference`` stands against every other main row, per ratio and metric.
+
+    Accuracy is judged on the paired difference (same documents) where ``paired`` has it.
+    """
+    paired_errors = {(p["ratio"], p["reference"], p["baseline"]): p["stderr"] for p in paired or ()}
     out = []
     for ref in (r for r in rows if r["label"] == reference and r["kind"] == "main"):
         for other in rows:
@@ -93,7 +104,11 @@ def standings(rows: list[dict], reference: str = "slimllm") -> list[dict]:
                 tied = math.isclose(a["mean"], b["mean"], rel_tol=1e-9, abs_tol=1e-12)
                 ahead = ahead and not tied
                 diff = abs(a["mean"] - b["mean"])
-                if metric == "acc":
+                paired_error = paired_errors.get((ref["ratio"], reference, other["label"]))
+                if metric == "acc" and paired_error is not None:
+                    noise = 2 * paired_error
+                    noise_kind = "2 standard errors of the paired difference on the same documents"
+                elif metric == "acc":
                     errors = [e for e in (ref["acc_stderr"], other["acc_stderr"]) if e is not None]
                     noise = 2 * math.sqrt(sum(e * e for e in errors)) if len(errors) == 2 else None
                     noise_kind = "2 standard errors of the document subsets"
@@ -159,6 +174,63 @@ def speed_rows(rows: list[dict], records: list[dict]) -> list[dict]:
         )
         entry["labels"].append(row["label"])
     return list(by_signature.values())
+
+
+def is_slimllm_row(label: str) -> bool:
+    """SlimLLM itself and every variant of it (options, ablations, other allocations)."""
+    return label.startswith("slimllm")
+
+
+def _has_documents(record: dict) -> bool:
+    zero_shot = record["eval"].get("zero_shot")
+    return bool(zero_shot) and all(task.get("correct") for task in zero_shot["tasks"].values())
+
+
+def paired_comparisons(records: list[dict]) -> list[dict]:
+    """Accuracy of every SlimLLM row minus that of every baseline (and of the dense model), paired
+    on the same documents and the same calibration seed (the first seed both evaluated).
+
+    Pairing removes the documents' own difficulty from the comparison, so its standard error
+    (from the per-document differences) is usually well below that of two independent means,
+    which is reported beside it as ``unpaired_stderr``.
+    """
+    with_documents = [r for r in records if _has_documents(r)]
+    dense = next((r for r in with_documents if r["kind"] == "dense"), None)
+    out, seen = [], set()
+    ordered = sorted(with_documents, key=lambda r: (r["ratio"] or 0, r["seed"] is None, r["seed"] or 0))
+    for reference in ordered:
+        if reference["kind"] == "dense" or not is_slimllm_row(reference["label"]):
+            continue
+        baselines = [
+            r
+            for r in ordered
+            if r["kind"] == "main"
+            and r["ratio"] == reference["ratio"]
+            and r["seed"] == reference["seed"]
+            and not is_slimllm_row(r["label"])
+        ]
+        for other in [*baselines, *([dense] if dense else [])]:
+            key = (reference["ratio"], reference["label"], other["label"])
+            if key in seen:
+                continue  # a later seed of the same pair
+            seen.add(key)
+            a, b = reference["eval"]["zero_shot"], other["eval"]["zero_shot"]
+            difference = paired_difference(a["tasks"], b["tasks"])
+            if difference is None:
+                continue
+            errors = [accuracy_stderr(a), accuracy_stderr(b)]
+            unpaired = math.sqrt(sum(e * e for e in errors)) if None not in errors else None
+            out.append(
+                {
+                    "ratio": reference["ratio"],
+                    "reference": reference["label"],
+                    "baseline": other["label"],
+                    "seed": reference["seed"],
+                    **difference,
+                    "unpaired_stderr": unpaired,
+                }
+            )
+    return out
 
 
 def code_versions(records: list[dict]) -> dict[str, int]:
