@@ -63,6 +63,13 @@ def test_two_models_side_by_side_with_json_and_markdown(model_dirs, text_file, t
     assert first["perplexity"][str(text_file)]["ppl"] != second["perplexity"][str(text_file)]["ppl"]
     markdown = md_path.read_text()
     assert report["command"] in markdown and "| parameters |" in markdown and "Wall time" in markdown
+    # issue 12: the mean with its standard error, and the majority answer's score beside each task
+    piqa = first["zero_shot"]["tasks"]["piqa"]
+    assert first["zero_shot"]["mean_stderr"] == pytest.approx(piqa["headline_stderr"])  # one task: its own
+    rate = max(piqa["gold"].count("0"), piqa["gold"].count("1")) / 2
+    assert f"| PIQA majority answer | {100 * rate:.2f} | {100 * rate:.2f} |" in markdown
+    se = 100 * piqa["headline_stderr"]
+    assert f"| mean of 1 task (*) | {100 * first['zero_shot']['mean']:.2f} ± {se:.2f} |" in markdown
 
 
 def test_separate_limits_for_perplexity_and_tasks(model_dirs, text_file, tmp_path):
