@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from slimllm.bench import BenchSpec, Cell, measure, run_bench
 from slimllm.bench import runner as bench_runner
 from slimllm.cli import build_parser, main
 from slimllm.commands.bench import spec_from_args
+from slimllm.eval.uncertainty import encode_bits, encode_gold, majority
 from test_eval_support import byte_tokenizer
 from test_eval_support import tiny_llama as tiny_byte_llama
 from tiny_models import VOCAB, tiny_llama
@@ -69,13 +72,51 @@ def test_cells_order_seeds_ablations_and_keys():
     assert len({c.key for c in cells}) == len(cells)
 
 
-def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypatch):
-    def fake_zero_shot(model, tokenizer, tasks, **kwargs):  # the real one needs a tokenizer; tested below
-        value = 0.25 + 0.01 * len(list(model.parameters()))
-        per_task = {t: {"headline": value, "headline_stderr": 0.1, "acc": value, "documents": 2} for t in tasks}
-        return {"tasks": per_task, "mean": value, "limit": kwargs["limit"], "seed": kwargs["seed"]}
+DOCS = 40
 
-    monkeypatch.setattr(bench_runner, "zero_shot", fake_zero_shot)
+
+def fake_documents(seed: int, tasks) -> dict:
+    """Zero-shot results with per-document scores: the same documents and gold answers for every
+    model, scores that differ by model (pruned models have other parameter counts)."""
+    gold_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
+    per_task = {}
+    for task in tasks:
+        gold = gold_rng.integers(0, 2, size=DOCS)
+        correct = (rng.random(DOCS) < 0.6).astype(int)
+        per_task[task] = {
+            "headline": correct.mean(),
+            "headline_stderr": correct.std(ddof=1) / math.sqrt(DOCS),
+            "acc": correct.mean(),
+            "documents": DOCS,
+            "doc_ids": list(range(100, 100 + DOCS)),
+            "correct": encode_bits(correct.tolist()),
+            "gold": encode_gold(gold.tolist()),
+            "majority": majority(gold.tolist()),
+        }
+    mean = float(np.mean([t["headline"] for t in per_task.values()]))
+    return {"tasks": per_task, "mean": mean, "limit": DOCS, "seed": 0}
+
+
+def direct_paired(cell_a: dict, cell_b: dict) -> tuple[float, float]:
+    """Mean over tasks of the mean per-document difference, and its standard error, with numpy."""
+    means, variances = [], []
+    for task, a in cell_a["eval"]["zero_shot"]["tasks"].items():
+        b = cell_b["eval"]["zero_shot"]["tasks"][task]
+        assert a["doc_ids"] == b["doc_ids"]
+        d = np.array([int(x) for x in a["correct"]]) - np.array([int(x) for x in b["correct"]])
+        means.append(d.mean())
+        variances.append(d.var(ddof=1) / len(d))
+    return float(np.mean(means)), math.sqrt(sum(variances)) / len(means)
+
+
+CELL_OF = {"slimllm": "slimllm__r0.3__s1", "magnitude": "magnitude__r0.3__s1", "dense": "dense"}
+
+
+def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypatch):
+    def fake_zero_shot(model, tokenizer, settings):  # the real one needs a tokenizer; tested below
+        return fake_documents(sum(p.numel() for p in model.parameters()), settings.tasks)
+
+    monkeypatch.setattr(bench_runner, "zero_shot_with", fake_zero_shot)
     spec = _spec(tmp_path / "out", tasks=["piqa", "boolq"], task_limit=2)
     results = run_bench(spec, **_inputs())
     out = tmp_path / "out"
@@ -96,11 +137,31 @@ def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypat
     assert cell["config"]["method"] == "magnitude" and cell["prune"]["memory"]["rss_peak_mib"] > 0
     assert len(cell["code"]["src_sha256"]) == 16 and list(saved["settings"]["code_versions"].values()) == [3]
     assert cell["speed"]["dense"]["prefill_s"] > 0 and cell["speed"]["decode_tokens"] == 2
-    assert len(cell["layers"]) == 4 and cell["eval"]["zero_shot"]["tasks"]["piqa"]["documents"] == 2
+    assert len(cell["layers"]) == 4 and cell["eval"]["zero_shot"]["tasks"]["piqa"]["documents"] == DOCS
     markdown = (out / "results.md").read_text()
     assert "| slimllm | 1 |" in markdown and "| magnitude | 1 |" in markdown and "## Speed" in markdown
     assert "Where SlimLLM stands" in markdown and "![" in markdown
     assert results["standings"] and {s["metric"] for s in results["standings"]} == {"a", "b", "acc"}
+
+    # issue 12: the mean's standard error, the majority answer beside each score, paired differences
+    cells = {label: json.loads((out / "cells" / f"{name}.json").read_text()) for label, name in CELL_OF.items()}
+    row = next(r for r in saved["rows"] if r["label"] == "slimllm")
+    task_errors = [t["headline_stderr"] for t in cells["slimllm"]["eval"]["zero_shot"]["tasks"].values()]
+    assert row["acc_stderr"] == pytest.approx(math.sqrt(sum(e * e for e in task_errors)) / 2)
+    gold = cells["dense"]["eval"]["zero_shot"]["tasks"]["piqa"]["gold"]
+    assert row["majority"]["piqa"] == max(gold.count("0"), gold.count("1")) / DOCS
+    assert "*majority answer*" in markdown and "avg acc % ↑ (± s.e.)" in markdown
+    paired = {(p["reference"], p["baseline"]): p for p in saved["paired"]}
+    assert set(paired) == {("slimllm", "magnitude"), ("slimllm", "dense")}
+    for (reference, baseline), entry in paired.items():
+        difference, stderr = direct_paired(cells[reference], cells[baseline])
+        assert entry["difference"] == pytest.approx(difference, abs=1e-12)
+        assert entry["stderr"] == pytest.approx(stderr, rel=1e-12)
+        assert entry["tasks"]["piqa"]["documents"] == DOCS
+    acc_standing = next(x for x in saved["standings"] if x["metric"] == "acc")
+    assert acc_standing["noise"] == pytest.approx(2 * paired[("slimllm", "magnitude")]["stderr"])
+    assert "SlimLLM against each baseline on the same documents" in markdown
+    assert f"| 30% | slimllm | magnitude | {100 * paired[('slimllm', 'magnitude')]['difference']:+.2f} |" in markdown
 
     # resuming: nothing is pruned again, and the outputs are rebuilt from the cell files
     mtime = (out / "cells" / "slimllm__r0.3__s1.json").stat().st_mtime_ns
@@ -170,6 +231,10 @@ def test_cli_parses_the_issue_command():
     assert spec.ratios == [0.2, 0.5] and spec.methods[-1] == "random" and spec.ablations
     assert spec.task_limit == 100 and spec.ppl_limit == 32 and spec.round_to == [8] and spec.seeds == [42, 43]
     assert spec.tasks == ["piqa", "boolq"] and spec.threads == 1
+    accuracy = ["bench", "m", "--out", "o", "--accuracy"]
+    assert spec_from_args(build_parser().parse_args(accuracy)).task_limit == 500
+    assert spec_from_args(build_parser().parse_args([*accuracy, "--task-limit", "30"])).task_limit == 30
+    assert spec_from_args(build_parser().parse_args(["bench", "m", "--out", "o"])).task_limit is None
     none = spec_from_args(build_parser().parse_args(["bench", "m", "--out", "o", "--tasks", "none"]))
     assert none.tasks == [] and none.seeds == [42, 43, 44] and len(none.tasks) == 0
 

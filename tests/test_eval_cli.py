@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slimllm.cli import main
-from slimllm.eval import count_parameters, evaluate_model
+from slimllm.eval import EvalSettings, count_parameters, evaluate_model
 from test_eval_support import byte_tokenizer, tiny_llama
 
 
@@ -43,6 +43,17 @@ def test_two_models_side_by_side_with_json_and_markdown(model_dirs, text_file, t
     report = json.loads(json_path.read_text())
     assert report["settings"]["seqlen"] == 64 and report["settings"]["task_limit"] == 2
     assert report["settings"]["seed"] == 0 and report["settings"]["versions"]["lm_eval"]
+    # the report's settings are the EvalSettings the command built, task source resolved
+    expected = EvalSettings(
+        ppl=(str(text_file),),
+        tasks=("piqa",),
+        seqlen=64,
+        ppl_limit=2,
+        task_limit=2,
+        task_source="offline",
+        device="cpu",
+    )
+    assert EvalSettings.from_dict(report["settings"]) == expected
     assert report["data"][str(text_file)]["sha256"] and report["data"]["tasks"]["piqa"]["sha256"]
     assert report["wall_s"] > 0 and report["command"].startswith("slimllm eval ")
     first, second = report["models"]
@@ -52,6 +63,13 @@ def test_two_models_side_by_side_with_json_and_markdown(model_dirs, text_file, t
     assert first["perplexity"][str(text_file)]["ppl"] != second["perplexity"][str(text_file)]["ppl"]
     markdown = md_path.read_text()
     assert report["command"] in markdown and "| parameters |" in markdown and "Wall time" in markdown
+    # issue 12: the mean with its standard error, and the majority answer's score beside each task
+    piqa = first["zero_shot"]["tasks"]["piqa"]
+    assert first["zero_shot"]["mean_stderr"] == pytest.approx(piqa["headline_stderr"])  # one task: its own
+    rate = max(piqa["gold"].count("0"), piqa["gold"].count("1")) / 2
+    assert f"| PIQA majority answer | {100 * rate:.2f} | {100 * rate:.2f} |" in markdown
+    se = 100 * piqa["headline_stderr"]
+    assert f"| mean of 1 task (*) | {100 * first['zero_shot']['mean']:.2f} ± {se:.2f} |" in markdown
 
 
 def test_separate_limits_for_perplexity_and_tasks(model_dirs, text_file, tmp_path):
@@ -82,8 +100,20 @@ def test_unknown_task_is_a_clear_error(model_dirs, capsys):
 
 def test_evaluation_hands_a_training_model_back_in_training_mode(text_file):
     model, tokenizer = tiny_llama().train(), byte_tokenizer()
-    result = evaluate_model(model, tokenizer, ppl=[str(text_file)], seqlen=32, ppl_limit=1, progress=False)
+    settings = EvalSettings(ppl=(str(text_file),), seqlen=32, ppl_limit=1)
+    result = evaluate_model(model, tokenizer, settings, progress=False)
     assert model.training and result["perplexity"][str(text_file)]["windows"] == 1
+
+
+def test_eval_settings_round_trip_through_json_and_refuse_bad_values():
+    settings = EvalSettings(ppl=["wikitext2"], tasks=["piqa", "boolq"], task_limit=500, seed=3, dtype="bfloat16")
+    assert settings.tasks == ("piqa", "boolq")  # lists become tuples: hashable, comparable
+    assert EvalSettings.from_json(settings.to_json()) == settings
+    assert json.loads(settings.to_json())["tasks"] == ["piqa", "boolq"]
+    assert settings.replace(seed=4).seed == 4 and settings.seed == 3
+    for bad in ({"tasks": ["mmlu"]}, {"seqlen": 1}, {"task_limit": 0}, {"task_source": "web"}, {"batch_size": 0}):
+        with pytest.raises(ValueError):
+            EvalSettings(**bad)
 
 
 @pytest.mark.real_model

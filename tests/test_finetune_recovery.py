@@ -231,6 +231,88 @@ def test_settings_are_validated():
     assert FinetuneConfig.from_dict(FinetuneConfig().to_dict()) == FinetuneConfig()
 
 
+# The recipe's defaults as the hand-written parser had them before it was built from FinetuneConfig.
+PAPER_RECIPE = {
+    "lora_r": 4,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "lora_targets": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "epochs": 2.0,
+    "max_steps": None,
+    "learning_rate": 1e-4,
+    "batch_size": 16,
+    "micro_batch_size": 4,
+    "cutoff": 256,
+    "warmup_steps": 100,
+    "train_on_prompt": False,
+    "template": "alpaca",
+    "data_format": "auto",
+    "val_size": 2000,
+    "eval_steps": 200,
+    "best_by_validation": True,
+    "save_total_limit": 2,
+    "logging_steps": 1,
+    "seed": 42,
+    "precision": "auto",
+    "gradient_checkpointing": False,
+}
+# Every flag of the old parser, one non-default value each, and the setting it must reach.
+OLD_FLAGS = [
+    (["--lora-r", "8"], "lora_r", 8),
+    (["--lora-alpha", "32"], "lora_alpha", 32),
+    (["--lora-dropout", "0.1"], "lora_dropout", 0.1),
+    (["--lora-targets", "q_proj, v_proj"], "lora_targets", ("q_proj", "v_proj")),
+    (["--epochs", "0.5"], "epochs", 0.5),
+    (["--max-steps", "7"], "max_steps", 7),
+    (["--lr", "3e-4"], "learning_rate", 3e-4),
+    (["--batch-size", "8"], "batch_size", 8),
+    (["--micro-batch-size", "2"], "micro_batch_size", 2),
+    (["--cutoff", "64"], "cutoff", 64),
+    (["--warmup-steps", "0"], "warmup_steps", 0),
+    (["--train-on-prompt"], "train_on_prompt", True),
+    (["--template", "t.json"], "template", "t.json"),
+    (["--format", "text"], "data_format", "text"),
+    (["--val-size", "0"], "val_size", 0),
+    (["--eval-steps", "5"], "eval_steps", 5),
+    (["--no-best"], "best_by_validation", False),
+    (["--save-total-limit", "3"], "save_total_limit", 3),
+    (["--logging-steps", "10"], "logging_steps", 10),
+    (["--seed", "1"], "seed", 1),
+    (["--precision", "bf16"], "precision", "bf16"),
+    (["--gradient-checkpointing"], "gradient_checkpointing", True),
+]
+
+
+def parse_finetune(*flags: str):
+    from slimllm.cli import build_parser
+    from slimllm.commands.finetune import config_from_args
+
+    args = build_parser().parse_args(["finetune", "m", "--data", "d", "--output", "o", *flags])
+    return args, config_from_args(args)
+
+
+def test_cli_defaults_are_the_dataclass_defaults_and_the_paper_recipe():
+    args, config = parse_finetune()
+    assert config == FinetuneConfig()
+    assert config.to_dict() == {**PAPER_RECIPE, "lora_targets": list(PAPER_RECIPE["lora_targets"])}
+    assert (args.merge, args.overwrite, args.resume, args.dtype, args.cpu) == (True, False, False, None, False)
+
+
+@pytest.mark.parametrize(("flags", "name", "value"), OLD_FLAGS, ids=[flags[0] for flags, _, _ in OLD_FLAGS])
+def test_every_old_finetune_flag_still_sets_its_setting(flags, name, value):
+    _, config = parse_finetune(*flags)
+    assert getattr(config, name) == value
+    untouched = {key: val for key, val in config.to_dict().items() if key != name}
+    expected = {key: val for key, val in FinetuneConfig().to_dict().items() if key != name}
+    assert untouched == expected
+
+
+def test_old_flags_cover_every_setting():
+    assert {name for _, name, _ in OLD_FLAGS} == set(PAPER_RECIPE) == set(FinetuneConfig().to_dict())
+    args, _ = parse_finetune("--best", "--no-merge")
+    assert args.best_by_validation is True and args.merge is False
+
+
 # -- LoRA on uneven layers --------------------------------------------------------------------
 def test_lora_targets_every_projection_of_uneven_layers(tokenizer):
     model = tiny_model(len(tokenizer), layer_shapes=(PRUNED_LAYER, {**PRUNED_LAYER, "intermediate_size": 0}))

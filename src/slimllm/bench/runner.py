@@ -24,7 +24,7 @@ from slimllm.bench import measure
 from slimllm.bench.files import CELLS_DIR, FORMAT_VERSION, RESULTS_JSON, write_record
 from slimllm.bench.spec import BenchSpec, Cell
 from slimllm.config import PruneConfig
-from slimllm.eval.harness import zero_shot
+from slimllm.eval.harness import zero_shot_with
 from slimllm.eval.ppl import perplexity_of_stream
 from slimllm.runtime import count_parameters, release_memory
 
@@ -52,13 +52,13 @@ def prune_config(spec: BenchSpec, cell: Cell) -> PruneConfig:
 
 
 def compact_zero_shot(result: dict | None) -> dict | None:
-    """The zero-shot numbers without the per-document id lists."""
+    """The zero-shot numbers without the data provenance (recorded once per cell in ``task_data``).
+
+    The per-document scores stay: paired comparisons between cells are computed from them.
+    """
     if result is None:
         return None
-    tasks = {
-        task: {k: v for k, v in value.items() if k not in ("doc_ids", "data")}
-        for task, value in result["tasks"].items()
-    }
+    tasks = {task: {k: v for k, v in value.items() if k != "data"} for task, value in result["tasks"].items()}
     return {**{k: v for k, v in result.items() if k != "tasks"}, "tasks": tasks}
 
 
@@ -88,6 +88,7 @@ class Bench:
         self.cells_dir = self.out / CELLS_DIR
         self.log = log or (lambda text: tqdm.write(text))
         self.fingerprint = spec.fingerprint()
+        self.eval_settings = spec.eval_settings()
         self.code = code_version()
         self._dense_slim = None
         self._speed_cache: dict[str, dict] = {}
@@ -139,24 +140,14 @@ class Bench:
 
     # -- measuring ------------------------------------------------------------------------------
     def evaluate(self, model, with_tasks: bool) -> dict:
-        spec = self.spec
+        settings = self.eval_settings
         ppl = {}
         for source, stream in self.ppl_streams.items():
             result = perplexity_of_stream(
-                model, stream, seqlen=spec.seqlen, batch_size=spec.eval_batch_size, limit=spec.ppl_limit
+                model, stream, seqlen=settings.seqlen, batch_size=settings.batch_size, limit=settings.ppl_limit
             )
             ppl[source] = {**result, "data": self.ppl_info.get(source)}
-        accuracies = None
-        if with_tasks and spec.tasks:
-            accuracies = zero_shot(
-                model,
-                self.tokenizer,
-                spec.tasks,
-                limit=spec.task_limit,
-                seed=spec.task_seed,
-                batch_size=spec.eval_batch_size,
-                source=spec.task_source,
-            )
+        accuracies = zero_shot_with(model, self.tokenizer, settings) if with_tasks and settings.tasks else None
         return {"perplexity": ppl, "zero_shot": accuracies}
 
     def speed(self, pruned, signature: str, cell: Cell) -> dict | None:
@@ -247,6 +238,7 @@ class Bench:
             "ratio": cell.ratio,
             "seed": cell.seed,
             "fingerprint": self.fingerprint,
+            "eval_settings": self.eval_settings.to_dict(),
             "code": self.code,
             "finished_at": _now(),
         }

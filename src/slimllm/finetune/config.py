@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from slimllm.config import ConfigError
+from slimllm.finetune.options import comma_list
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DATA_FORMATS = ("auto", "alpaca", "text")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# titles of the option groups in `slimllm finetune --help`
+LORA = "LoRA"
+TRAINING = "training"
 
 
 @dataclass
@@ -21,28 +25,68 @@ class FinetuneConfig:
     10 % of the data; with none held out there is no best-checkpoint selection.
     """
 
-    lora_r: int = 4
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = LORA_TARGETS
-    epochs: float = 2.0
-    max_steps: int | None = None
-    learning_rate: float = 1e-4
-    batch_size: int = 16
-    micro_batch_size: int = 4
-    cutoff: int = 256
-    warmup_steps: int = 100
-    train_on_prompt: bool = False
-    template: str = "alpaca"
-    data_format: str = "auto"
-    val_size: int = 2000
-    eval_steps: int = 200
-    best_by_validation: bool = True
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    seed: int = 42
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
+    lora_r: int = field(default=4, metadata={"help": "adapter rank", "group": LORA})
+    lora_alpha: int = field(default=16, metadata={"help": "adapter scale numerator (scale = alpha / r)", "group": LORA})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter input", "group": LORA})
+    lora_targets: tuple[str, ...] = field(
+        default=LORA_TARGETS, metadata={"help": "comma-separated module names", "group": LORA, "parse": comma_list}
+    )
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training set", "group": TRAINING})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "optimizer steps; overrides --epochs", "group": TRAINING, "type": int}
+    )
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "peak learning rate (linear decay)", "group": TRAINING, "flag": "lr"}
+    )
+    batch_size: int = field(
+        default=16, metadata={"help": "effective batch, over devices and accumulation", "group": TRAINING}
+    )
+    micro_batch_size: int = field(
+        default=4, metadata={"help": "per-device batch of one forward pass", "group": TRAINING}
+    )
+    cutoff: int = field(default=256, metadata={"help": "max tokens per example; text block length", "group": TRAINING})
+    warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up", "group": TRAINING})
+    train_on_prompt: bool = field(default=False, metadata={"help": "also learn the prompt tokens", "group": TRAINING})
+    template: str = field(
+        default="alpaca", metadata={"help": "alpaca, or a JSON file with prompt_input/no_input", "group": TRAINING}
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: plain text for text sources, .txt and {'text'} JSONL files; Alpaca otherwise",
+            "flag": "format",
+            "choices": DATA_FORMATS,
+        },
+    )
+    val_size: int = field(
+        default=2000, metadata={"help": "held-out examples/blocks (capped at 10%%)", "group": TRAINING}
+    )
+    eval_steps: int = field(default=200, metadata={"help": "validate and checkpoint every N steps", "group": TRAINING})
+    best_by_validation: bool = field(
+        default=True,
+        metadata={
+            "help": "end with the checkpoint of lowest validation loss",
+            "group": TRAINING,
+            "flag": "best",
+            "negatable": True,
+        },
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "checkpoints kept (the best is kept too)", "group": TRAINING}
+    )
+    logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps", "group": TRAINING})
+    seed: int = field(default=42, metadata={"help": "adapter init, data split and order", "group": TRAINING})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "mixed precision; auto: bf16 (or fp16) on GPU, fp32 on CPU",
+            "group": TRAINING,
+            "choices": PRECISIONS,
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "less memory, more compute", "group": TRAINING}
+    )
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from slimllm.data.sources import DataSourceError, load_text, tokenize_stream
+from slimllm.data.sources import DataSourceError, load_text, token_windows, tokenize_stream
 from slimllm.finetune.config import FinetuneConfig
 from slimllm.hub import hub_reachable
 
@@ -222,8 +222,9 @@ def tokenize_examples(
 def text_blocks(tokenizer, text: str, cutoff: int) -> torch.Tensor:
     """The text's token stream cut into non-overlapping ``cutoff``-token blocks (tail dropped)."""
     stream = tokenize_stream(tokenizer, text)
-    count = stream.numel() // cutoff
-    return stream[: count * cutoff].view(count, cutoff)
+    if stream.numel() < cutoff:
+        return stream.new_empty((0, cutoff))
+    return token_windows(stream, cutoff)
 
 
 def _block_columns(blocks: torch.Tensor) -> dict[str, list]:

@@ -1,0 +1,66 @@
+"""Command-line options built from a settings dataclass, so every default is written once.
+
+A generalisation of :func:`slimllm.config.add_arguments` (which builds ``slimllm prune``) for
+commands whose flags predate their dataclass. Field metadata, all optional:
+
+- ``help``: the option's help text (``%`` written ``%%``, as argparse wants);
+- ``flag``: the option name without ``--`` when it is not the field's name (``lr``);
+- ``group``: the title of the argparse group the option is listed under;
+- ``type``: the value type when the default (``None``) does not tell it;
+- ``parse``: a function from the option's text to the field's value (comma lists into tuples);
+- ``choices``: the allowed values;
+- ``negatable``: for a boolean, offer ``--NAME`` and ``--no-NAME`` both.
+
+Without ``negatable`` a boolean that defaults to False becomes ``--NAME`` and one that defaults
+to True ``--no-NAME``, as in ``slimllm prune``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, fields
+
+
+def add_dataclass_arguments(parser, config_class, *, skip: tuple[str, ...] = ()) -> dict:
+    """One option per field of ``config_class`` (except ``skip``), each with the field's default.
+
+    Returns the argument groups it made, by title, for options that belong beside them.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for item in fields(config_class):
+        if item.name in skip:
+            continue
+        meta = item.metadata
+        target = parser
+        if meta.get("group"):
+            target = groups.get(meta["group"]) or groups.setdefault(
+                meta["group"], parser.add_argument_group(meta["group"])
+            )
+        name = meta.get("flag") or item.name.replace("_", "-")
+        default = item.default if item.default is not MISSING else item.default_factory()
+        options = {"dest": item.name, "default": default, "help": meta.get("help")}
+        if isinstance(default, bool):
+            if meta.get("negatable"):
+                target.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, **options)
+            elif default:
+                target.add_argument(f"--no-{name}", action="store_false", **options)
+            else:
+                target.add_argument(f"--{name}", action="store_true", **options)
+            continue
+        options["type"] = meta.get("parse") or meta.get("type") or type(default)
+        if "choices" in meta:
+            options["choices"] = meta["choices"]
+        target.add_argument(f"--{name}", **options)
+    return groups
+
+
+def dataclass_from_arguments(config_class, args):
+    """``config_class`` from parsed arguments: the fields :func:`add_dataclass_arguments` added."""
+    return config_class(
+        **{item.name: getattr(args, item.name) for item in fields(config_class) if hasattr(args, item.name)}
+    )
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"a, b,c"`` as ``("a", "b", "c")``."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
