@@ -15,8 +15,8 @@ from slimllm.importance import AttentionStats, MlpStats
 from slimllm.methods import available_methods, build_method, flap, parse_method, simple, taylor
 from slimllm.models import adapter_for
 from slimllm.prune import count_parameters
-from slimllm.recovery import fold_into_linear
 from slimllm.stats import Moments
+from slimllm.surgery import fold_into_linear
 from tiny_models import VOCAB, logits, tiny_llama
 
 N_TOKENS = 64

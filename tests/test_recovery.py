@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from slimllm.plan import Recovery
-from slimllm.recovery import attention_regression, fold_into_linear, paired_regression
+from slimllm.recovery import attention_regression, paired_regression
 from slimllm.stats import Moments, PairedColumnMoments
+from slimllm.surgery import fold_into_linear
 
 H, DH, D, N = 5, 4, 9, 300
 

@@ -124,36 +124,3 @@ class PruneConfig:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
-
-
-def add_arguments(parser, config_class, *, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of a config dataclass, with the field's default, type and help: the
-    defaults are written once, in the dataclass. A boolean that defaults to True becomes
-    ``--no-NAME``; one that defaults to False, ``--NAME``."""
-    for item in fields(config_class):
-        if item.name in skip:
-            continue
-        meta, flag = item.metadata, "--" + item.name.replace("_", "-")
-        if isinstance(item.default, bool):
-            if item.default:
-                parser.add_argument(f"--no-{item.name.replace('_', '-')}", dest=item.name, action="store_false",
-                                    help=meta.get("help"))  # fmt: skip
-            else:
-                parser.add_argument(flag, dest=item.name, action="store_true", help=meta.get("help"))
-            continue
-        kind = meta.get("type") or type(item.default)
-        options = {"dest": item.name, "type": kind, "help": meta.get("help")}
-        if meta.get("required"):
-            options["required"] = True
-        else:
-            options["default"] = item.default
-        if "choices" in meta:
-            options["choices"] = meta["choices"]
-        parser.add_argument(flag, **options)
-
-
-def from_arguments(config_class, args):
-    """The config dataclass from parsed arguments (the fields :func:`add_arguments` added)."""
-    return config_class(
-        **{item.name: getattr(args, item.name) for item in fields(config_class) if hasattr(args, item.name)}
-    )

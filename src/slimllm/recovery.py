@@ -3,7 +3,7 @@
 SlimLLM's regression fits, for every output column c separately, O_c ≈ A_c · Ô_c + B_c by
 ordinary least squares with an intercept, O being the dense sub-layer output and Ô the output
 of the kept heads/channels on the same inputs. It folds into the pruned output projection as a
-row scale and a new bias. All statistics are float64.
+row scale and a new bias (:func:`slimllm.surgery.fold_into_linear`). All statistics are float64.
 """
 
 from __future__ import annotations
@@ -45,20 +45,6 @@ def attention_regression(o_input: Moments, o_weight: torch.Tensor, kept_heads: l
 def paired_regression(moments: PairedColumnMoments) -> Recovery:
     """The regression from streamed per-column moments of dense and pruned outputs."""
     return affine_fit(moments.mean_target, moments.mean_approx, moments.var_approx, moments.cov_approx_target)
-
-
-def fold_into_linear(linear: torch.nn.Linear, recovery: Recovery) -> torch.nn.Linear:
-    """A new Linear computing ``scale ⊙ linear(x) + bias`` (scale and bias per output)."""
-    dtype, device = linear.weight.dtype, linear.weight.device
-    scale = recovery.scale.to(device=device, dtype=torch.float64)
-    weight = (linear.weight.detach().to(torch.float64) * scale[:, None]).to(dtype)
-    bias = recovery.bias.to(device=device, dtype=torch.float64)
-    if linear.bias is not None:
-        bias = bias + scale * linear.bias.detach().to(torch.float64)
-    folded = torch.nn.Linear(linear.in_features, linear.out_features, bias=True, device=device, dtype=dtype)
-    folded.weight = torch.nn.Parameter(weight, requires_grad=False)
-    folded.bias = torch.nn.Parameter(bias.to(dtype), requires_grad=False)
-    return folded
 
 
 def bias_compensation(input_mean: torch.Tensor, weight: torch.Tensor, removed_inputs: list[int]) -> Recovery:

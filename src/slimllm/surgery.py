@@ -12,7 +12,6 @@ from torch import nn
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import PrunePlan, Recovery
-from slimllm.recovery import fold_into_linear
 
 
 def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list[int] | None = None) -> nn.Linear:
@@ -30,6 +29,20 @@ def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list
     if bias is not None:
         new.bias = nn.Parameter(bias.clone(), requires_grad=False)
     return new
+
+
+def fold_into_linear(linear: torch.nn.Linear, recovery: Recovery) -> torch.nn.Linear:
+    """A new Linear computing ``scale ⊙ linear(x) + bias`` (scale and bias per output)."""
+    dtype, device = linear.weight.dtype, linear.weight.device
+    scale = recovery.scale.to(device=device, dtype=torch.float64)
+    weight = (linear.weight.detach().to(torch.float64) * scale[:, None]).to(dtype)
+    bias = recovery.bias.to(device=device, dtype=torch.float64)
+    if linear.bias is not None:
+        bias = bias + scale * linear.bias.detach().to(torch.float64)
+    folded = torch.nn.Linear(linear.in_features, linear.out_features, bias=True, device=device, dtype=dtype)
+    folded.weight = torch.nn.Parameter(weight, requires_grad=False)
+    folded.bias = torch.nn.Parameter(bias.to(dtype), requires_grad=False)
+    return folded
 
 
 def head_rows(heads: list[int], head_dim: int) -> list[int]:

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from slimllm.finetune.config import TRAINING, FinetuneConfig
-from slimllm.finetune.options import add_dataclass_arguments, dataclass_from_arguments
+from slimllm.options import add_dataclass_arguments, dataclass_from_arguments
 
 
 def register(subparsers) -> None:

@@ -8,8 +8,9 @@ import time
 
 
 def register(subparsers) -> None:
-    from slimllm.config import PruneConfig, add_arguments
+    from slimllm.config import PruneConfig
     from slimllm.methods import method_help
+    from slimllm.options import add_dataclass_arguments
 
     p = subparsers.add_parser(
         "prune",
@@ -23,15 +24,16 @@ def register(subparsers) -> None:
     p.add_argument("model", help="hub id, local folder, .gguf file, or a built-in name: smollm2-135m, gemma3-270m")
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_arguments(p, PruneConfig)
+    add_dataclass_arguments(p, PruneConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
 def config_from_args(args):
-    from slimllm.config import PruneConfig, from_arguments
+    from slimllm.config import PruneConfig
+    from slimllm.options import dataclass_from_arguments
 
-    return from_arguments(PruneConfig, args)
+    return dataclass_from_arguments(PruneConfig, args)
 
 
 def print_summary(report: dict, output: str, console=None) -> None:

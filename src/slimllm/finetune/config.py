@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from slimllm.config import ConfigError
-from slimllm.finetune.options import comma_list
+from slimllm.options import comma_list
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DATA_FORMATS = ("auto", "alpaca", "text")

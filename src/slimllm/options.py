@@ -1,7 +1,6 @@
-"""Command-line options built from a settings dataclass, so every default is written once.
-
-A generalisation of :func:`slimllm.config.add_arguments` (which builds ``slimllm prune``) for
-commands whose flags predate their dataclass. Field metadata, all optional:
+"""Command-line options built from a settings dataclass, so every default is written once
+(``slimllm prune`` from :class:`~slimllm.config.PruneConfig`, ``slimllm finetune`` from
+:class:`~slimllm.finetune.config.FinetuneConfig`). Field metadata, all optional:
 
 - ``help``: the option's help text (``%`` written ``%%``, as argparse wants);
 - ``flag``: the option name without ``--`` when it is not the field's name (``lr``);
@@ -9,7 +8,8 @@ commands whose flags predate their dataclass. Field metadata, all optional:
 - ``type``: the value type when the default (``None``) does not tell it;
 - ``parse``: a function from the option's text to the field's value (comma lists into tuples);
 - ``choices``: the allowed values;
-- ``negatable``: for a boolean, offer ``--NAME`` and ``--no-NAME`` both.
+- ``negatable``: for a boolean, offer ``--NAME`` and ``--no-NAME`` both;
+- ``required``: the option must be given (the default is then only the Python API's).
 
 Without ``negatable`` a boolean that defaults to False becomes ``--NAME`` and one that defaults
 to True ``--no-NAME``, as in ``slimllm prune``.
@@ -47,9 +47,12 @@ def add_dataclass_arguments(parser, config_class, *, skip: tuple[str, ...] = ())
             else:
                 target.add_argument(f"--{name}", action="store_true", **options)
             continue
-        options["type"] = meta.get("parse") or meta.get("type") or type(default)
+        options["type"] = meta.get("parse") or meta.get("type") or (str if default is None else type(default))
         if "choices" in meta:
             options["choices"] = meta["choices"]
+        if meta.get("required"):
+            options["required"] = True
+            del options["default"]
         target.add_argument(f"--{name}", **options)
     return groups
 
