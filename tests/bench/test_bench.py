@@ -12,12 +12,11 @@ import torch
 
 from slimllm.bench import BenchSpec, Cell, measure, run_bench
 from slimllm.bench import runner as bench_runner
+from slimllm.bench.runner import prune_config
 from slimllm.cli import build_parser, main
 from slimllm.commands.bench import spec_from_args
 from slimllm.eval.uncertainty import encode_bits, encode_gold, majority
-from test_eval_support import byte_tokenizer
-from test_eval_support import tiny_llama as tiny_byte_llama
-from tiny_models import VOCAB, tiny_llama
+from tiny_models import VOCAB, byte_tokenizer, tiny_byte_llama, tiny_llama
 
 TINY_SPEED = dict(speed_runs=1, prefill_tokens=16, decode_tokens=2, decode_prompt=4)
 
@@ -70,6 +69,21 @@ def test_cells_order_seeds_ablations_and_keys():
     assert Cell("slimllm --keep-lowest 0", "ablation", 0.2, 1).key == "slimllm_keep-lowest_0__r0.2__s1"
     assert Cell("wanda-sp@eq11", "main", 0.5, 42).key == "wanda-sp-at-eq11__r0.5__s42"
     assert len({c.key for c in cells}) == len(cells)
+
+
+def test_options_beyond_the_paper_are_first_seed_rows_with_their_prune_settings():
+    spec = _spec("x", ratios=[0.2], seeds=[1, 2], options=["ridge", "calib-128x512"])
+    options = [c for c in spec.cells() if c.kind == "option"]
+    assert [(c.label, c.seed) for c in options] == [
+        ("slimllm --recovery ridge", 1),
+        ("slimllm --nsamples 128 --seqlen 512", 1),
+    ]
+    configs = [prune_config(spec, c) for c in options]
+    assert configs[0].recovery == "ridge" and configs[0].nsamples == spec.nsamples
+    assert (configs[1].nsamples, configs[1].seqlen, configs[1].recovery) == (128, 512, "regression")
+    assert spec.fingerprint() == _spec("x", ratios=[0.2], seeds=[1, 2]).fingerprint()  # finished cells are reused
+    with pytest.raises(ValueError, match="unknown options"):
+        _spec("x", options=["magic"]).validate()
 
 
 DOCS = 40

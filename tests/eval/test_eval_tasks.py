@@ -18,7 +18,8 @@ from slimllm.eval import HEADLINE_METRIC, TASKS, offline_data, sample_doc_ids, z
 from slimllm.eval.harness import OFFLINE_TASK_DIR, OFFLINE_TASK_PREFIX
 from slimllm.eval.task_table import TASK_TABLE
 from slimllm.eval.uncertainty import decode_bits
-from test_eval_support import byte_tokenizer, tiny_llama
+from tiny_models import byte_tokenizer
+from tiny_models import tiny_byte_llama as tiny_llama
 
 # Rows of the standard evaluation splits (hub dataset cards) and the fields of the hub schemas
 # that lm-eval's standard tasks read.

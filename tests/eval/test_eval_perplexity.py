@@ -10,7 +10,8 @@ import torch
 
 from slimllm.data.sources import DataSourceError, tokenize_stream
 from slimllm.eval import perplexity, perplexity_of_stream, token_windows
-from test_eval_support import byte_tokenizer, tiny_llama
+from tiny_models import byte_tokenizer
+from tiny_models import tiny_byte_llama as tiny_llama
 
 
 def hand_computed_nlls(model, windows: torch.Tensor) -> list[float]:

@@ -8,7 +8,8 @@ import pytest
 
 from slimllm.cli import main
 from slimllm.eval import EvalSettings, count_parameters, evaluate_model
-from test_eval_support import byte_tokenizer, tiny_llama
+from tiny_models import byte_tokenizer
+from tiny_models import tiny_byte_llama as tiny_llama
 
 
 @pytest.fixture(scope="module")
