@@ -173,6 +173,27 @@ def test_plan_replay_save_and_reload(tiny_model, tmp_path, calib_data):
     assert torch.equal(generated, pruned.generate(ids[:1, :5], max_new_tokens=6, do_sample=False))
 
 
+def test_ridge_recovery_replays_from_its_plan_and_costs_what_the_regression_costs(tmp_path, calib_data):
+    model = tiny_llama()
+    regression, _ = slimllm.prune(model, None, _config(), data=calib_data, progress=False)
+    pruned, plan = slimllm.prune(model, None, _config(recovery="ridge"), data=calib_data, progress=False)
+    assert count_parameters(pruned) == count_parameters(regression)  # a full weight plus a bias, as before
+    refitted = [layer for layer in plan.layers if layer.attn_recovery is not None or layer.mlp_recovery is not None]
+    assert refitted and all(
+        rec.weight is not None for layer in refitted for rec in (layer.attn_recovery, layer.mlp_recovery) if rec
+    )
+    out = slimllm.save(pruned, None, plan, tmp_path / "ridge")
+    rebuilt = slimllm.apply_plan(model, PrunePlan.load(out))
+    expected = pruned.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in rebuilt.state_dict().items())
+    # the refit is fitted to the dense outputs: closer to the dense model than without any recovery
+    no_recovery, _ = slimllm.prune(model, None, _config(regression=False), data=calib_data, progress=False)
+    dense = logits(model, calib_data)
+    error = {name: float((logits(m, calib_data) - dense).pow(2).mean()) for name, m in
+             (("ridge", pruned), ("none", no_recovery))}  # fmt: skip
+    assert error["ridge"] < error["none"]
+
+
 def test_every_family_loads_through_remote_code_without_slimllm(tmp_path, calib_data):
     """trust_remote_code, in a process where slimllm cannot be imported, gives identical logits."""
     from safetensors.torch import save_file

@@ -8,6 +8,7 @@ from pathlib import Path
 
 GQA_MODES = ("query", "group")
 RATIO_OF = ("all", "decoder")
+RECOVERY_KINDS = ("regression", "ridge")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,14 @@ class PruneConfig:
     greedy: bool = field(default=True, metadata={"help": "ablation: no greedy head search (Algorithm 1)"})
     feature_space: bool = field(default=True, metadata={"help": "ablation: channel norms in the original basis"})
     regression: bool = field(default=True, metadata={"help": "ablation: no output regression"})
+    recovery: str = field(
+        default="regression",
+        metadata={
+            "help": "regression (the paper's per-column fit) or ridge (beyond the paper: o_proj/down_proj "
+            "refitted by ridge regression, the penalty chosen on held-out calibration windows)",
+            "choices": RECOVERY_KINDS,
+        },
+    )
     uniform: bool = field(default=False, metadata={"help": "ablation: one ratio in every layer"})
     keep_lowest: float = field(default=0.01, metadata={"help": "spare the lowest FRACTION of channels (code quirk)"})
     round_to: int = field(default=1, metadata={"help": "keep FFN widths multiples of N"})
@@ -82,6 +91,8 @@ class PruneConfig:
             raise ConfigError(f"ratio must lie strictly between 0 and 1, got {self.ratio!r}")
         if self.ratio_of not in RATIO_OF:
             raise ConfigError(f"ratio_of must be one of {RATIO_OF}, got {self.ratio_of!r}")
+        if self.recovery not in RECOVERY_KINDS:
+            raise ConfigError(f"recovery must be one of {RECOVERY_KINDS}, got {self.recovery!r}")
         if self.gqa not in GQA_MODES:
             raise ConfigError(f"gqa must be one of {GQA_MODES}, got {self.gqa!r}")
         if self.nsamples < 1 or self.seqlen < 2:

@@ -20,7 +20,7 @@ from torch import nn
 
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.models.base import ModelAdapter
-from slimllm.stats import Moments, PairedColumnMoments
+from slimllm.stats import HeldOutMoments, Moments, PairedColumnMoments
 
 # Keyword arguments of a decoder layer that belong to one forward pass over a whole sequence
 # and never to calibration: the KV cache and its switches.
@@ -240,16 +240,21 @@ def replaying(adapter: ModelAdapter, layer: nn.Module, kept: LayerActivations, *
 # -- the statistics of one layer ---------------------------------------------------------------
 @torch.no_grad()
 def collect_attention_stats(
-    adapter: ModelAdapter, layer, index: int, batches, units, device, kept: LayerActivations
+    adapter: ModelAdapter, layer, index: int, batches, units, device, kept: LayerActivations, *, split: bool = False
 ) -> AttentionStats:
-    """The moments of the ``o_proj`` input; its activations are kept when ``kept`` says so and
-    the family's heads are independent (replaying them after the surgery is then exact)."""
+    """The moments of the ``o_proj`` input (with ``split``, also apart for held-out batches);
+    its activations are kept when ``kept`` says so and the family's heads are independent
+    (replaying them after the surgery is then exact)."""
     parts = adapter.attention(layer)
-    moments = Moments(parts.o_proj.in_features, device, where=f"o_proj input of layer {index}")
+    where = f"o_proj input of layer {index}"
+    moments = Moments(parts.o_proj.in_features, device, where=where)
+    held_out = HeldOutMoments(parts.o_proj.in_features, len(batches), device, where) if split else None
     store = [] if kept.keeping and adapter.heads_independent else None
 
     def grab(_module, args):
         moments.update(args[0])
+        if held_out is not None:
+            held_out.update(args[0])
         if store is not None:
             store.append(kept._store(args[0]))
         raise StopForward
@@ -258,14 +263,23 @@ def collect_attention_stats(
         run_layer(layer, index, batches, keep_outputs=False)
     kept.attention_input = store
     kept.note_size()
-    return AttentionStats(moments, parts, units)
+    return AttentionStats(moments, parts, units, held_out)
 
 
 @torch.no_grad()
 def collect_mlp_stats(
-    adapter: ModelAdapter, layer, index: int, batches, device, kept: LayerActivations, *, paired_pass: bool
+    adapter: ModelAdapter,
+    layer,
+    index: int,
+    batches,
+    device,
+    kept: LayerActivations,
+    *,
+    paired_pass: bool,
+    split: bool = False,
 ) -> MlpStats:
-    """The moments of the FFN's input, hidden activations and output, the attention replayed
+    """The moments of the FFN's input, hidden activations and output (with ``split``, also the
+    full covariance of the hidden activations, held-out batches apart), the attention replayed
     from ``kept``; keeps the ``down_proj`` inputs (and, for ``paired_pass``, its outputs) and,
     where the attention ran, the ``o_proj`` inputs."""
     parts = adapter.mlp(layer)
@@ -275,6 +289,7 @@ def collect_mlp_stats(
     inputs = Moments(d, device, full=False, where=where)
     hidden = Moments(parts.width, device, full=False, where=where)
     output = Moments(d, device, where=where)
+    hidden_split = HeldOutMoments(parts.width, len(batches), device, where) if split else None
     hidden_store = [] if kept.keeping else None
     output_store = [] if kept.keeping and paired_pass else None
     attention_store = [] if kept.keeping and kept.attention_input is None else None
@@ -287,6 +302,8 @@ def collect_mlp_stats(
 
     def grab_hidden(_module, args):
         hidden.update(args[0])
+        if hidden_split is not None:
+            hidden_split.update(args[0])
         if hidden_store is not None:
             hidden_store.append(kept._store(args[0]))
 
@@ -309,7 +326,7 @@ def collect_mlp_stats(
         kept.attention_input = attention_store
     kept.mlp_hidden, kept.mlp_output = hidden_store, output_store
     kept.note_size()
-    return MlpStats(inputs, hidden, output, parts)
+    return MlpStats(inputs, hidden, output, parts, hidden_split)
 
 
 def _paired_update(moments, hidden, dense, index, kept_weight, bias) -> None:

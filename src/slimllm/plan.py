@@ -23,10 +23,13 @@ PLAN_VERSION = 1
 
 @dataclass
 class Recovery:
-    """Per-column affine map folded into an output projection: row c scaled by ``scale[c]``."""
+    """Per-column affine map folded into an output projection: row c scaled by ``scale[c]``,
+    then ``bias`` added; or, with ``weight``, a refitted projection that replaces it."""
 
     scale: torch.Tensor
     bias: torch.Tensor
+    weight: torch.Tensor | None = None
+    fit: str | None = None  # how it was chosen (the report records it; not part of the plan)
 
 
 @dataclass
@@ -84,6 +87,8 @@ class PrunePlan:
                 if rec is not None:
                     tensors[f"layers.{layer.index}.{part}.scale"] = rec.scale.detach().cpu().contiguous()
                     tensors[f"layers.{layer.index}.{part}.bias"] = rec.bias.detach().cpu().contiguous()
+                    if rec.weight is not None:
+                        tensors[f"layers.{layer.index}.{part}.weight"] = rec.weight.detach().cpu().contiguous()
         return tensors
 
     def save(self, folder: str | Path) -> None:
@@ -110,7 +115,7 @@ class PrunePlan:
                     key = f"layers.{idx}.{part}"
                     if f"{key}.scale" not in tensors:
                         raise ValueError(f"{recovery_path}: missing regression tensors for {key}")
-                    recs[part] = Recovery(tensors[f"{key}.scale"], tensors[f"{key}.bias"])
+                    recs[part] = Recovery(tensors[f"{key}.scale"], tensors[f"{key}.bias"], tensors.get(f"{key}.weight"))
             layers.append(LayerPlan(**item, attn_recovery=recs.get("attn"), mlp_recovery=recs.get("mlp")))
         return cls(
             model_type=data["model_type"],

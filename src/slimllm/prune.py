@@ -117,7 +117,8 @@ class _LayerPruner:
         before = count_parameters(module)
         parts = adapter.attention(layer)
         units = attention_units(parts.query_to_kv, self.config.gqa)
-        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device, kept)
+        split = self.method.recovery.held_out_moments
+        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device, kept, split=split)
         selection = self.method.heads.select(stats, num_units)
         kept_heads = sorted(h for u in selection.kept for h in units[u])
         recovery = self.method.recovery.attention(stats, kept_heads)  # from the dense o_proj, before surgery
@@ -133,7 +134,10 @@ class _LayerPruner:
         adapter = self.adapter
         before = count_parameters(adapter.mlp_module(layer))
         paired_pass = self.method.recovery.needs_output_pass
-        stats = collect_mlp_stats(adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass)
+        split = self.method.recovery.held_out_moments
+        stats = collect_mlp_stats(
+            adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split
+        )
         kept_channels = self.method.channels.select(stats, num_channels).kept
         paired = None
         if paired_pass:
@@ -178,6 +182,8 @@ def prune(
     adapter = adapter_for(model.config)
     method = build_method(config)
     device = _resolve_device(config, model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     with timer.phase("calibration_data"):
         if data is None:
@@ -243,11 +249,33 @@ def prune(
         config=config.to_dict(),
         source=getattr(model.config, "_name_or_path", None) or None,
     )
-    pruned_params = count_parameters(slim)
     timer.seconds["total"] = time.perf_counter() - wall_start
-    plan.report = {
+    plan.report = _report(
+        config, calib_info, dense_params, count_parameters(slim), ratio_base, allocation, layer_rows,
+        prune_layer, (cores, pruning_cores), timer.seconds, device,
+    )  # fmt: skip
+    return slim, plan
+
+
+def _report(
+    config: PruneConfig,
+    calibration: dict,
+    dense_params: int,
+    pruned_params: int,
+    ratio_base: int,
+    allocation: Allocation,
+    layer_rows: list[dict],
+    pruner: _LayerPruner,
+    cores: tuple[CoreShare, CoreShare],
+    seconds: dict,
+    device: torch.device,
+) -> dict:
+    """What ``slimllm_report.json`` holds: settings, calibration, versions, realised parameter
+    counts, the allocation, per-layer rows, kept activations, threads, timings (and GPU memory)."""
+    cosine_cores, pruning_cores = cores
+    report = {
         "settings": config.to_dict(),
-        "calibration": calib_info,
+        "calibration": calibration,
         "versions": versions(),
         "params": {
             "dense": dense_params,
@@ -268,17 +296,20 @@ def prune(
         "layers": layer_rows,
         "activation_cache": {
             "cap_gib": config.cache_gb,
-            "peak_bytes": prune_layer.cache_peak_bytes,
-            "recomputed_layers": prune_layer.recomputed_layers,
+            "peak_bytes": pruner.cache_peak_bytes,
+            "recomputed_layers": pruner.recomputed_layers,
         },
         "threads": {
             "fixed": config.threads,
-            "cores": cores.cores,
-            "per_layer": {"layer_cosines": cores.used, "prune_layers": pruning_cores.used},
+            "cores": cosine_cores.cores,
+            "per_layer": {"layer_cosines": cosine_cores.used, "prune_layers": pruning_cores.used},
         },
-        "seconds": timer.seconds,
+        "seconds": seconds,
     }
-    return slim, plan
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        report["device_memory"] = {"device": str(device), "peak_allocated_bytes": peak}
+    return report
 
 
 def _layer_row(record: LayerPlan, params_before: int, params_after: int, seconds: float) -> dict:
@@ -293,4 +324,9 @@ def _layer_row(record: LayerPlan, params_before: int, params_after: int, seconds
         "params_after": params_after,
         "realised_ratio": 1 - params_after / params_before,
         "seconds": seconds,
+        **{
+            f"{part}_fit": recovery.fit
+            for part, recovery in (("attn", record.attn_recovery), ("mlp", record.mlp_recovery))
+            if recovery is not None and recovery.fit is not None
+        },
     }

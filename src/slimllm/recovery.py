@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from slimllm.plan import Recovery
-from slimllm.stats import Moments, PairedColumnMoments
+from slimllm.stats import HeldOutMoments, Moments, PairedColumnMoments
 
 
 def affine_fit(
@@ -27,19 +27,26 @@ def affine_fit(
     return Recovery(scale=scale, bias=bias)
 
 
-def attention_regression(o_input: Moments, o_weight: torch.Tensor, kept_heads: list[int], head_dim: int) -> Recovery:
-    """The regression for ``o_proj`` from the mean and covariance of its input X.
+def column_regression(inputs: Moments, weight: torch.Tensor, kept: torch.Tensor) -> Recovery:
+    """The per-column regression of a linear layer's dense output on its kept-input output, from
+    the mean and covariance of its input X.
 
-    With V = ``o_proj.weight``ᵀ: O = X V, Ô = X_K V_K, so per column
+    With V = ``weight``ᵀ: O = X V, Ô = X_K V_K, so per column
     Cov(Ô_c, O_c) = V_K[:, c]ᵀ Σ_{K·} V[:, c] and Var(Ô_c) = V_K[:, c]ᵀ Σ_KK V_K[:, c].
-    An existing ``o_proj`` bias shifts both outputs equally and cancels out of A and B."""
-    v = o_weight.detach().to(torch.float64).T.to(o_input.mean.device)
-    rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in kept_heads]).to(v.device)
-    sigma, mu = o_input.covariance, o_input.mean
+    An existing bias shifts both outputs equally and cancels out of A and B."""
+    v = weight.detach().to(torch.float64).T.to(inputs.mean.device)
+    rows = kept.to(v.device)
+    sigma, mu = inputs.covariance, inputs.mean
     v_kept = v[rows]
     cov = (v_kept * (sigma[rows] @ v)).sum(0)
     var = (v_kept * (sigma[rows][:, rows] @ v_kept)).sum(0)
     return affine_fit(mu @ v, mu[rows] @ v_kept, var, cov)
+
+
+def attention_regression(o_input: Moments, o_weight: torch.Tensor, kept_heads: list[int], head_dim: int) -> Recovery:
+    """The regression for ``o_proj`` (:func:`column_regression` on the kept heads' columns)."""
+    rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in kept_heads])
+    return column_regression(o_input, o_weight, rows)
 
 
 def paired_regression(moments: PairedColumnMoments) -> Recovery:
@@ -54,3 +61,63 @@ def bias_compensation(input_mean: torch.Tensor, weight: torch.Tensor, removed_in
     idx = torch.tensor(removed_inputs, dtype=torch.long, device=w.device)
     bias = w[:, idx] @ input_mean.to(w.device, torch.float64)[idx] if removed_inputs else w.new_zeros(w.shape[0])
     return Recovery(scale=torch.ones(w.shape[0], dtype=torch.float64, device=w.device), bias=bias)
+
+
+# -- least squares beyond the paper (option ``--recovery ridge``) ---------------------------------
+RIDGE_PENALTIES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)  # times the mean variance of the kept inputs
+
+
+def ridge_solution(inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor, penalty: float):
+    """The ridge refit of a linear layer onto its own dense output from its kept inputs only:
+    argmin_{B, c} E‖x_K B + c − (x Wᵀ + b)‖² + λ‖B‖², λ = ``penalty`` · mean Var(x_K), i.e.
+    B = (Σ_KK + λI)⁻¹ Σ_K· Wᵀ and c = μ Wᵀ + b − μ_K B. Returns (B, c), float64."""
+    sigma, mu = inputs.covariance, inputs.mean
+    s_kk = sigma[kept][:, kept]
+    ridge = penalty * s_kk.diagonal().mean().clamp(min=1e-30)
+    eye = torch.eye(len(kept), dtype=s_kk.dtype, device=s_kk.device)
+    solution = torch.linalg.solve(s_kk + ridge * eye, sigma[kept] @ weight.T)
+    offset = mu @ weight.T + bias - mu[kept] @ solution
+    return solution, offset
+
+
+def expected_error(
+    inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor, solution, offset
+) -> float:
+    """E‖x_K B + c − (x Wᵀ + b)‖² over the inputs the moments describe:
+    tr(Dᵀ Σ D) + ‖μ D + c − b‖² with D = E_K B − Wᵀ (E_K puts B's rows back at K)."""
+    d = -weight.T.clone()
+    d[kept] += solution
+    sigma, mu = inputs.covariance, inputs.mean
+    return float((d * (sigma @ d)).sum() + ((mu @ d + offset - bias) ** 2).sum())
+
+
+def ridge_refit(split: HeldOutMoments, linear: torch.nn.Linear, kept: list[int]) -> tuple[Recovery, dict]:
+    """Refit ``linear`` (dense, before pruning) on its ``kept`` inputs by ridge regression.
+
+    Candidates: the ridge solution for each of :data:`RIDGE_PENALTIES` and the paper's
+    per-column regression, each fitted on the fitting batches and scored by its expected squared
+    error on the held-out batches; the best is fitted again on all batches. Returns the recovery
+    (a full weight and a bias) and what was chosen."""
+    device = split.fit.mean.device
+    weight = linear.weight.detach().to(device, torch.float64)
+    bias = weight.new_zeros(weight.shape[0])
+    if linear.bias is not None:
+        bias = linear.bias.detach().to(device, torch.float64)
+    index = torch.tensor(kept, dtype=torch.long, device=device)
+
+    def column(moments: Moments):
+        fit = column_regression(moments, weight, index)
+        return (weight[:, index] * fit.scale[:, None]).T, fit.bias + fit.scale * bias
+
+    candidates = {f"ridge:{p:g}": (lambda m, p=p: ridge_solution(m, weight, bias, index, p)) for p in RIDGE_PENALTIES}
+    candidates["column-regression"] = column
+    errors = {}
+    if split.fit.count and split.held.count:
+        for name, solve in candidates.items():
+            errors[name] = expected_error(split.held, weight, bias, index, *solve(split.fit))
+        chosen = min(errors, key=errors.get)
+    else:
+        chosen = "ridge:0.01"  # one batch only: nothing to hold out
+    solution, offset = candidates[chosen](split.total)
+    recovery = Recovery(scale=torch.ones_like(offset), bias=offset, weight=solution.T.contiguous(), fit=chosen)
+    return recovery, {"chosen": chosen, "held_out_error": errors}

@@ -110,3 +110,42 @@ class PairedColumnMoments:
     @property
     def cov_approx_target(self) -> torch.Tensor:
         return self._cross / self.count
+
+
+def merged(a: Moments, b: Moments) -> Moments:
+    """The moments of both streams together (Chan et al.'s pairwise merge)."""
+    if a.dim != b.dim or a.full != b.full:
+        raise ValueError("can only merge moments of the same shape")
+    out = Moments(a.dim, a.mean.device, full=a.full, where=a.where)
+    n = a.count + b.count
+    if n == 0:
+        return out
+    delta = b.mean - a.mean
+    correction = torch.outer(delta, delta) if a.full else delta * delta
+    out._m2 = a._m2 + b._m2 + correction * (a.count * b.count / n)
+    out.mean = a.mean + delta * (b.count / n)
+    out.count = n
+    return out
+
+
+class HeldOutMoments:
+    """Full moments of one input, kept apart for fitting batches and held-out batches.
+
+    Batches arrive in order; the last ``held_out`` of ``batches`` go to :attr:`held`, the rest
+    to :attr:`fit`. Used to choose a ridge penalty on calibration windows the fit did not see.
+    """
+
+    def __init__(self, dim: int, batches: int, device, where: str):
+        self.held_out = max(1, batches // 4) if batches > 1 else 0
+        self.first_held = batches - self.held_out
+        self.fit = Moments(dim, device, where=where)
+        self.held = Moments(dim, device, where=where)
+        self._seen = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        (self.held if self._seen >= self.first_held else self.fit).update(x)
+        self._seen += 1
+
+    @property
+    def total(self) -> Moments:
+        return merged(self.fit, self.held)

@@ -34,6 +34,14 @@ def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list
 def fold_into_linear(linear: torch.nn.Linear, recovery: Recovery) -> torch.nn.Linear:
     """A new Linear computing ``scale ⊙ linear(x) + bias`` (scale and bias per output)."""
     dtype, device = linear.weight.dtype, linear.weight.device
+    if recovery.weight is not None:  # a refitted projection replaces the pruned one
+        if tuple(recovery.weight.shape) != tuple(linear.weight.shape):
+            shapes = f"{tuple(recovery.weight.shape)} vs {tuple(linear.weight.shape)}"
+            raise ValueError(f"the refitted weight does not fit the pruned projection: {shapes}")
+        refit = torch.nn.Linear(linear.in_features, linear.out_features, bias=True, device=device, dtype=dtype)
+        refit.weight = torch.nn.Parameter(recovery.weight.to(device=device, dtype=dtype), requires_grad=False)
+        refit.bias = torch.nn.Parameter(recovery.bias.to(device=device, dtype=dtype), requires_grad=False)
+        return refit
     scale = recovery.scale.to(device=device, dtype=torch.float64)
     weight = (linear.weight.detach().to(torch.float64) * scale[:, None]).to(dtype)
     bias = recovery.bias.to(device=device, dtype=torch.float64)

@@ -99,7 +99,7 @@ def _protocol(spec: dict, dense: dict | None) -> list[str]:
     out.append(
         f"Calibration: {spec['nsamples']} windows of {spec['calib_seqlen']} tokens from `{spec['calib']}` "
         f"({calib}); seeds {', '.join(map(str, seeds))} for the main rows (mean ± std over seeds where more "
-        f"than one finished), the first seed for ablations and --round-to rows."
+        f"than one finished), the first seed for ablations, options and --round-to rows."
     )
     limit = spec["ppl_limit"]
     windows = f"the first {limit} windows" if limit else "all windows"
@@ -292,7 +292,7 @@ def _ablation_table(ablations: list[dict], ppl_sources: list[str], speed_measure
     for s in ppl_sources:
         header += [f"{PPL_LABELS.get(s, s)} PPL", "Δ"]
     header += ["avg acc %", "Δ"]
-    lines = ["## What each ablation costs (same calibration seed as the full method)", ""]
+    lines = ["## What each ablation and option costs (same calibration seed as the full method)", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for a in ablations:
         cells = [percent(a["ratio"]), a["label"]]

@@ -28,6 +28,15 @@ ABLATION_FLAGS = {
     "uniform": "--uniform",
     "keep-lowest-0": "--keep-lowest 0",
 }
+# Options beyond the paper, each an extra SlimLLM row against the paper-faithful default.
+OPTIONS: dict[str, dict] = {
+    "ridge": {"recovery": "ridge"},
+    "calib-128x512": {"nsamples": 128, "seqlen": 512},
+}
+OPTION_FLAGS = {
+    "ridge": "--recovery ridge",
+    "calib-128x512": "--nsamples 128 --seqlen 512",
+}
 # Every registered method (SlimLLM and the baselines), in listing order.
 DEFAULT_METHODS = tuple(available_methods())
 
@@ -37,7 +46,7 @@ class Cell:
     """One (row, ratio, seed) of the benchmark."""
 
     label: str  # the row: a method name, "slimllm --no-greedy", "slimllm --round-to 8", or "dense"
-    kind: str  # dense | main | ablation | round_to
+    kind: str  # dense | main | ablation | option | round_to
     ratio: float | None = None
     seed: int | None = None
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
@@ -66,6 +75,7 @@ class BenchSpec:
     seeds: list[int] = field(default_factory=lambda: [42])
     seed_eval: str = "all"  # for seeds after the first: "all" (ppl + zero-shot) or "ppl"
     round_to: list[int] = field(default_factory=list)  # extra "slimllm --round-to N" rows
+    options: list[str] = field(default_factory=list)  # extra rows beyond the paper (OPTIONS)
     # evaluation
     ppl: list[str] = field(default_factory=lambda: ["wikitext2", "ptb"])
     seqlen: int = 128
@@ -96,8 +106,11 @@ class BenchSpec:
     def validate(self) -> None:
         if not self.ratios or any(not 0 < r < 1 for r in self.ratios):
             raise ValueError(f"ratios must lie in (0, 1), got {self.ratios}")
-        if not self.methods and not self.ablations and not self.round_to:
-            raise ValueError("nothing to benchmark: give --methods, --ablations or --round-to")
+        if not self.methods and not self.ablations and not self.round_to and not self.options:
+            raise ValueError("nothing to benchmark: give --methods, --ablations, --options or --round-to")
+        unknown = set(self.options) - set(OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
         if not self.seeds:
             raise ValueError("need at least one calibration seed")
         if self.seed_eval not in ("all", "ppl"):
@@ -114,7 +127,8 @@ class BenchSpec:
     def fingerprint(self) -> dict:
         """The settings that decide a cell's numbers (a finished cell is reused only if equal)."""
         data = asdict(self)
-        for name in ("out", "ratios", "methods", "ablations", "seeds", "seed_eval", "round_to", "budget_minutes"):
+        cell_list = ("ratios", "methods", "ablations", "options", "seeds", "seed_eval", "round_to")
+        for name in ("out", "budget_minutes", *cell_list):
             data.pop(name)
         data["speed"] = {
             k: data.pop(k) for k in ("speed", "speed_runs", "prefill_tokens", "decode_tokens", "decode_prompt")
@@ -167,6 +181,10 @@ class BenchSpec:
                     )
                     for name, o in ABLATIONS.items()
                 ]
+            cells += [
+                Cell(f"slimllm {OPTION_FLAGS[name]}", "option", ratio, first, {"method": "slimllm", **OPTIONS[name]})
+                for name in self.options
+            ]
             cells += [
                 Cell(f"slimllm --round-to {n}", "round_to", ratio, first, {"method": "slimllm", "round_to": n})
                 for n in self.round_to

@@ -136,10 +136,10 @@ def standings(rows: list[dict], reference: str = "slimllm", paired: list[dict] |
 
 
 def ablation_costs(records: list[dict], rows: list[dict]) -> list[dict]:
-    """Each ablation against the full method on the same calibration seed."""
+    """Each ablation and option against the full method on the same calibration seed."""
     out = []
     for row in rows:
-        if row["kind"] not in ("ablation", "round_to"):
+        if row["kind"] not in ("ablation", "option", "round_to"):
             continue
         seed = row["seeds"][0]
         variant = _seed_value(records, row["ratio"], row["label"], seed)

@@ -66,6 +66,12 @@ def register(subparsers) -> None:
         default="all",
         help="for seeds after the first: full evaluation, or perplexity only (cheaper)",
     )
+    p.add_argument(
+        "--options",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        help="add SlimLLM rows beyond the paper (first seed): ridge (--recovery ridge), calib-128x512",
+    )
     p.add_argument("--round-to", type=_ints, default=[], help="add 'slimllm --round-to N' rows, e.g. 8 or 8,64")
     g = p.add_argument_group("evaluation")
     g.add_argument(
@@ -124,6 +130,7 @@ def spec_from_args(args):
         seeds=args.seeds,
         seed_eval=args.seed_eval,
         round_to=args.round_to,
+        options=args.options,
         ppl=args.ppl,
         seqlen=args.seqlen,
         ppl_limit=args.ppl_limit if args.ppl_limit is not None else args.limit,

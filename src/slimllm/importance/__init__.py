@@ -14,7 +14,7 @@ import torch
 from slimllm.importance.channels import channel_importance, select_channels
 from slimllm.importance.heads import PearsonSimilarity, greedy_search, group_units, head_contribution_covariance
 from slimllm.models.base import AttentionParts, MlpParts
-from slimllm.stats import Moments
+from slimllm.stats import HeldOutMoments, Moments
 
 
 @dataclass
@@ -22,6 +22,7 @@ class AttentionStats:
     o_input: Moments  # mean and covariance of the o_proj input (all heads side by side)
     parts: AttentionParts
     units: list[list[int]]  # the query heads of each prunable unit
+    o_input_split: HeldOutMoments | None = None  # the same, fitting and held-out batches apart
 
 
 @dataclass
@@ -30,6 +31,7 @@ class MlpStats:
     hidden: Moments  # intermediate activation H, per-channel variance
     output: Moments  # FFN output Y, full covariance
     parts: MlpParts
+    hidden_split: HeldOutMoments | None = None  # H's full covariance, fitting and held-out batches apart
 
 
 @dataclass

@@ -16,8 +16,9 @@ from typing import Protocol
 from slimllm.config import PruneConfig
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.plan import Recovery
-from slimllm.recovery import attention_regression, paired_regression
+from slimllm.recovery import attention_regression, paired_regression, ridge_refit
 from slimllm.stats import PairedColumnMoments
+from slimllm.surgery import head_rows
 
 
 class HeadCriterion(Protocol):
@@ -36,6 +37,7 @@ class RecoveryMethod(Protocol):
     name: str
     adds_bias: bool  # folds a new bias into the pruned output projections (the target counts it)
     needs_output_pass: bool  # needs the paired dense/pruned FFN output moments
+    held_out_moments: bool  # needs full input moments with held-out batches apart (stats.*_split)
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None: ...
 
@@ -46,6 +48,7 @@ class NoRecovery:
     name = "none"
     adds_bias = False
     needs_output_pass = False
+    held_out_moments = False
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None:
         return None
@@ -68,6 +71,26 @@ class RegressionRecovery(NoRecovery):
         if paired is None:
             raise ValueError("the regression needs the paired output pass")
         return paired_regression(paired)
+
+
+class RidgeRecovery(NoRecovery):
+    """Beyond the paper: refit the pruned o_proj/down_proj by ridge regression onto the dense
+    outputs, the penalty (or the paper's per-column regression) chosen on held-out calibration
+    batches (:func:`slimllm.recovery.ridge_refit`)."""
+
+    name = "ridge"
+    adds_bias = True
+    held_out_moments = True
+
+    def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery:
+        rows = head_rows(kept_heads, stats.parts.head_dim)
+        return ridge_refit(stats.o_input_split, stats.parts.o_proj, rows)[0]
+
+    def mlp(self, stats: MlpStats, kept: list[int], paired: PairedColumnMoments | None) -> Recovery:
+        return ridge_refit(stats.hidden_split, stats.parts.down_proj, kept)[0]
+
+
+RECOVERIES = {"regression": RegressionRecovery, "ridge": RidgeRecovery}
 
 
 # prepare(model, adapter, layer0_batches, windows, device): sees the whole dense model first

@@ -38,6 +38,7 @@ class BiasCompensation:
 
     name = "bias-compensation"
     needs_output_pass = False
+    held_out_moments = False
     adds_bias = True
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery:

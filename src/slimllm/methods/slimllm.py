@@ -5,14 +5,14 @@ feature-space channel importance, the per-column regression, and Eq. 11's layer 
 from __future__ import annotations
 
 from slimllm.importance import FeatureSpaceChannels, PearsonGreedyHeads
-from slimllm.methods.base import Criteria, MethodSpec, NoRecovery, RegressionRecovery, register
+from slimllm.methods.base import RECOVERIES, Criteria, MethodSpec, NoRecovery, register
 
 
 def _slimllm(config) -> Criteria:
     return Criteria(
         PearsonGreedyHeads(greedy=config.greedy),
         FeatureSpaceChannels(feature_space=config.feature_space, keep_lowest=config.keep_lowest),
-        RegressionRecovery() if config.regression else NoRecovery(),
+        RECOVERIES[config.recovery]() if config.regression else NoRecovery(),
     )
 
 
