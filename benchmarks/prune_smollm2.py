@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 
-def run_prune(ratio: float, output: Path, extra: list[str]) -> dict:
-    """One `slimllm prune` process: its wall time, peak RSS and report."""
-    command = [sys.executable, "-m", "slimllm", "prune", "smollm2-135m", "--ratio", str(ratio),
-               "--output", str(output), "--overwrite", "--quiet", *extra]  # fmt: skip
+def prune_process(arguments: list[str], output: Path) -> tuple[float, float, dict]:
+    """One `slimllm prune ... --output OUTPUT` process: its wall time, peak RSS (MiB) and report."""
+    command = [sys.executable, "-m", "slimllm", "prune", *arguments, "--output", str(output), "--overwrite", "--quiet"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(process.pid, 0)
@@ -35,11 +34,17 @@ def run_prune(ratio: float, output: Path, extra: list[str]) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read()}")
     report = json.loads((output / "slimllm_report.json").read_text())
+    return wall, usage.ru_maxrss / 1024, report  # Linux reports KiB
+
+
+def run_prune(ratio: float, output: Path, extra: list[str]) -> dict:
+    """One `slimllm prune` process: its wall time, peak RSS and report."""
+    wall, peak_rss_mib, report = prune_process(["smollm2-135m", "--ratio", str(ratio), *extra], output)
     return {
         "process_wall_s": wall,
         "prune_s": report["seconds"]["total"],
         "load_model_s": report["seconds"]["load_model"],
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "peak_rss_mib": peak_rss_mib,
         "realised_ratio": report["params"]["realised_ratio"],
         "params": report["params"]["pruned"],
         "dense_params": report["params"]["dense"],

@@ -28,6 +28,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from prune_smollm2 import prune_process  # benchmarks/, the script's own folder
+
 MODEL = "smollm2-135m"
 
 DENSE_FORWARD = """
@@ -65,20 +67,13 @@ def busy_core(enabled: bool):
 
 
 def run_prune(output: Path, nsamples: int, seqlen: int, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "slimllm", "prune", MODEL, "--ratio", "0.2", "--nsamples", str(nsamples),
-               "--seqlen", str(seqlen), "--output", str(output), "--overwrite", "--quiet", *extra]  # fmt: skip
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read()}")
-    report = json.loads((output / "slimllm_report.json").read_text())
+    arguments = [MODEL, "--ratio", "0.2", "--nsamples", str(nsamples), "--seqlen", str(seqlen), *extra]
+    wall, peak_rss_mib, report = prune_process(arguments, output)
     return {
         "prune_s": report["seconds"]["total"],
         "phases_s": {k: report["seconds"][k] for k in ("layer_cosines", "prune_layers") if k in report["seconds"]},
         "process_wall_s": wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "peak_rss_mib": peak_rss_mib,
         "activation_cache_mib": report["activation_cache"]["peak_bytes"] / 2**20,
         "threads_per_layer": report["threads"]["per_layer"],
         "realised_ratio": report["params"]["realised_ratio"],
