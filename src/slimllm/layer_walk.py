@@ -213,11 +213,15 @@ def activations_for_layer(
 
 @contextlib.contextmanager
 def _replaced_forward(module: nn.Module, forward: Callable) -> Iterator[None]:
+    previous = module.__dict__.get("forward")  # an instance-level wrapper (e.g. a dispatch hook) is kept
     module.forward = forward
     try:
         yield
     finally:
-        del module.forward
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
 
 
 @contextlib.contextmanager
