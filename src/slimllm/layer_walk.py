@@ -180,7 +180,8 @@ class LayerActivations:
         kept = (self.attention_input or []) + (self.mlp_hidden or []) + (self.mlp_output or [])
         return sum(t.numel() * t.element_size() for t in kept)
 
-    def _store(self, x: torch.Tensor) -> torch.Tensor:
+    def store(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as kept: detached, where the activations are kept."""
         return x.detach().to(self.device)
 
     def keep_attention_columns(self, columns: torch.Tensor) -> None:
@@ -232,12 +233,18 @@ def replaying(adapter: ModelAdapter, layer: nn.Module, kept: LayerActivations, *
     with contextlib.ExitStack() as stack:
         if kept.attention_input is not None:
             o_proj, inputs = adapter.attention(layer).o_proj, iter(kept.attention_input)
-            replay = lambda *args, **kwargs: (o_proj(next(inputs).to(o_proj.weight.device)), None)  # noqa: E731
-            stack.enter_context(_replaced_forward(adapter.attention_module(layer), replay))
+
+            def attention(*_args, **_kwargs):  # (output, attention weights), as the attention returns
+                return o_proj(next(inputs).to(o_proj.weight.device)), None
+
+            stack.enter_context(_replaced_forward(adapter.attention_module(layer), attention))
         if mlp and kept.mlp_hidden is not None:
             down, hidden = adapter.mlp(layer).down_proj, iter(kept.mlp_hidden)
-            replay_mlp = lambda *args, **kwargs: down(next(hidden).to(down.weight.device))  # noqa: E731
-            stack.enter_context(_replaced_forward(adapter.mlp_module(layer), replay_mlp))
+
+            def feed_forward(*_args, **_kwargs):
+                return down(next(hidden).to(down.weight.device))
+
+            stack.enter_context(_replaced_forward(adapter.mlp_module(layer), feed_forward))
         yield
 
 
@@ -260,7 +267,7 @@ def collect_attention_stats(
         if held_out is not None:
             held_out.update(args[0])
         if store is not None:
-            store.append(kept._store(args[0]))
+            store.append(kept.store(args[0]))
         raise StopForward
 
     with hooks(lambda: parts.o_proj.register_forward_pre_hook(grab)):
@@ -299,7 +306,7 @@ def collect_mlp_stats(
     attention_store = [] if kept.keeping and kept.attention_input is None else None
 
     def grab_attention(_module, args):
-        attention_store.append(kept._store(args[0]))
+        attention_store.append(kept.store(args[0]))
 
     def grab_input(_module, args):
         inputs.update(args[0])
@@ -309,12 +316,12 @@ def collect_mlp_stats(
         if hidden_split is not None:
             hidden_split.update(args[0])
         if hidden_store is not None:
-            hidden_store.append(kept._store(args[0]))
+            hidden_store.append(kept.store(args[0]))
 
     def grab_output(_module, _args, out):
         output.update(out)
         if output_store is not None:
-            output_store.append(kept._store(out))
+            output_store.append(kept.store(out))
         raise StopForward
 
     registrations = [
