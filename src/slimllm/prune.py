@@ -13,29 +13,17 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from slimllm.allocation import Allocation, attention_units, layer_costs, removed_params
+from slimllm.allocation import Allocation, layer_costs
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.data.sources import calibration_windows
 from slimllm.io import resolve_dtype
-from slimllm.layer_walk import (
-    LayerActivations,
-    LayerBatch,
-    activations_for_layer,
-    capture_layer_inputs,
-    collect_attention_stats,
-    collect_mlp_stats,
-    collect_paired_outputs,
-    on_device,
-    propagate,
-    run_layer,
-    token_cosine,
-)
-from slimllm.methods import Method, build_method
+from slimllm.layer_pruner import LayerPruner
+from slimllm.layer_walk import capture_layer_inputs, on_device, run_layer, token_cosine
+from slimllm.methods import build_method
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.runtime import CoreShare, count_parameters, versions
-from slimllm.surgery import head_rows, prune_channels, prune_heads, recover_attention, recover_mlp
 
 
 class _Timer:
@@ -55,101 +43,6 @@ def _resolve_device(config: PruneConfig, model: torch.nn.Module) -> torch.device
     if config.device:
         return torch.device(config.device)
     return next(model.parameters()).device
-
-
-class _LayerPruner:
-    """Prunes one layer at a time, keeping the running parameter budget on target.
-
-    The layer's ``o_proj`` and ``down_proj`` inputs are kept (within ``config.cache_gb``) while it
-    is pruned, so that after each surgery the changed part is replayed from them rather than run
-    again: the statistics pass over the attention, one pass over the FFN and the propagation
-    are the only passes (docs/method.md, "Cost")."""
-
-    def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
-        self.adapter, self.method, self.config = adapter, method, config
-        self.allocation, self.costs, self.device = allocation, costs, device
-        self.adds_bias = method.adds_bias
-        self.surplus = 0.0  # parameters removed beyond the plan so far (kv heads that went with their queries)
-        self.cache_peak_bytes = 0
-        self.recomputed_layers: list[int] = []
-
-    def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> tuple[LayerPlan, list]:
-        """Prune layer ``index`` in place; returns its plan and its outputs (the next layer's inputs)."""
-        attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
-        record = LayerPlan(
-            index=index,
-            kept_heads=list(range(attn.num_heads)),
-            kept_kv_heads=list(range(attn.num_kv_heads)),
-            query_to_kv=list(attn.query_to_kv),
-            kept_channels=list(range(mlp.width)),
-            ratio=self.allocation.ratios[index],
-            cosine=cosine,
-        )
-        planned_units = self.allocation.units_to_prune[index]
-        planned_channels = self.allocation.channels_to_prune[index]
-        kept = self._activations(index, layer, batches, bool(planned_units or planned_channels))
-        if planned_units:
-            removed = self._prune_attention(layer, index, batches, planned_units, record, kept)
-            self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
-        if planned_channels:
-            # Spend or give back the surplus here, in whole channels, so the total stays on target.
-            adjust = round(self.surplus / self.costs[index].channel_params)
-            channels = min(mlp.width - 1, max(0, planned_channels - adjust))
-            removed = self._prune_mlp(layer, index, batches, channels, record, kept) if channels else 0
-            self.surplus += removed - removed_params(self.costs[index], 0, planned_channels, self.adds_bias)
-        self.cache_peak_bytes = max(self.cache_peak_bytes, kept.peak_bytes)
-        return record, propagate(self.adapter, layer, index, batches, kept)
-
-    def _activations(self, index: int, layer, batches, pruned: bool) -> LayerActivations:
-        if not pruned:
-            return LayerActivations(device=None)
-        attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
-        widths = attn.o_proj.in_features + mlp.width
-        if self.method.recovery.needs_output_pass:
-            widths += mlp.down_proj.out_features
-        kept = activations_for_layer(batches, widths, self.device, self.config.cache_gb * 2**30)
-        if not kept.keeping:
-            self.recomputed_layers.append(index)
-        return kept
-
-    def _prune_attention(self, layer, index: int, batches, num_units: int, record: LayerPlan, kept) -> int:
-        adapter, module = self.adapter, self.adapter.attention_module(layer)
-        before = count_parameters(module)
-        parts = adapter.attention(layer)
-        units = attention_units(parts.query_to_kv, self.config.gqa)
-        split = self.method.recovery.held_out_moments
-        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device, kept, split=split)
-        selection = self.method.heads.select(stats, num_units)
-        kept_heads = sorted(h for u in selection.kept for h in units[u])
-        recovery = self.method.recovery.attention(stats, kept_heads)  # from the dense o_proj, before surgery
-        record.kept_kv_heads, record.query_to_kv = prune_heads(adapter, layer, kept_heads)
-        record.kept_heads, record.head_scores = kept_heads, selection.scores
-        kept.keep_attention_columns(torch.tensor(head_rows(kept_heads, parts.head_dim), dtype=torch.long))
-        if recovery is not None:
-            recover_attention(adapter, layer, recovery)
-            record.attn_recovery = recovery
-        return before - count_parameters(adapter.attention_module(layer))
-
-    def _prune_mlp(self, layer, index: int, batches, num_channels: int, record: LayerPlan, kept) -> int:
-        adapter = self.adapter
-        before = count_parameters(adapter.mlp_module(layer))
-        paired_pass = self.method.recovery.needs_output_pass
-        split = self.method.recovery.held_out_moments
-        stats = collect_mlp_stats(
-            adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split
-        )
-        kept_channels = self.method.channels.select(stats, num_channels).kept
-        paired = None
-        if paired_pass:
-            paired = collect_paired_outputs(adapter, layer, index, batches, kept_channels, self.device, kept)
-        recovery = self.method.recovery.mlp(stats, kept_channels, paired)
-        prune_channels(adapter, layer, kept_channels)
-        kept.keep_mlp_channels(torch.tensor(kept_channels, dtype=torch.long))
-        record.kept_channels = kept_channels
-        if recovery is not None:
-            recover_mlp(adapter, layer, recovery)
-            record.mlp_recovery = recovery
-        return before - count_parameters(adapter.mlp_module(layer))
 
 
 def _check_gqa_mode(config: PruneConfig, adapter: ModelAdapter, layers) -> None:
@@ -226,7 +119,7 @@ def prune(
         costs = layer_costs(slim, adapter, config.gqa)
         allocation = method.allocator(cosines, costs, ratio_base, config)
 
-    prune_layer = _LayerPruner(adapter, method, config, allocation, costs, device)
+    prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []
     with timer.phase("prune_layers"), CoreShare(config.threads) as pruning_cores:
         batches = layer0_inputs
@@ -265,7 +158,7 @@ def _report(
     ratio_base: int,
     allocation: Allocation,
     layer_rows: list[dict],
-    pruner: _LayerPruner,
+    pruner: LayerPruner,
     cores: tuple[CoreShare, CoreShare],
     seconds: dict,
     device: torch.device,
