@@ -86,15 +86,15 @@ def test_unreachable_target_is_a_clear_error():
 
 def test_closing_the_gap_converges_when_it_is_exactly_half_a_channel():
     """Regression: a gap of exactly half a channel used to push every layer to the cap."""
-    from slimllm.allocation import _close_gap
+    from slimllm.allocation import close_gap
 
     costs = [SMOL_QUERY] * 3
     channels = {0: 400, 1: 500, 2: 600}
     ratios = {0: 0.3, 1: 0.4, 2: 0.5}
     half = SMOL_QUERY.channel_params / 2
-    assert _close_gap(half, channels, ratios, costs, 0.9) == channels
-    assert _close_gap(half + 1, channels, ratios, costs, 0.9) == {0: 400, 1: 500, 2: 601}
-    assert _close_gap(-2.6 * SMOL_QUERY.channel_params, channels, ratios, costs, 0.9) == {0: 399, 1: 499, 2: 599}
+    assert close_gap(half, channels, ratios, costs, 0.9) == channels
+    assert close_gap(half + 1, channels, ratios, costs, 0.9) == {0: 400, 1: 500, 2: 601}
+    assert close_gap(-2.6 * SMOL_QUERY.channel_params, channels, ratios, costs, 0.9) == {0: 399, 1: 499, 2: 599}
 
 
 def test_solver_on_real_smollm2_cosines_hits_target():

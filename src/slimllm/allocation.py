@@ -61,6 +61,7 @@ class Allocation:
     alpha: float
     target_removed: int
     planned_removed: int
+    search: dict | None = None  # the allocation search's report (slimllm.search), when it ran
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,7 +145,7 @@ def allocate(
     ratios, counts, removed = plan(r0)
     channels = {i: counts[i][1] for i in selected}
     if round_to == 1:
-        channels = _close_gap(target - removed, channels, ratios, costs, max_layer_ratio)
+        channels = close_gap(target - removed, channels, ratios, costs, max_layer_ratio)
     units = {i: counts[i][0] for i in selected}
     planned = sum(removed_params(costs[i], units[i], channels[i], regression) for i in selected)
     return Allocation(
@@ -160,7 +161,7 @@ def allocate(
     )
 
 
-def _close_gap(
+def close_gap(
     gap: float, channels: dict[int, int], ratios: dict[int, float], costs: list[LayerCosts], cap: float
 ) -> dict[int, int]:
     """Prune (gap > 0) or restore (gap < 0) single channels, spread over the layers with the

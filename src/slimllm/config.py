@@ -68,6 +68,14 @@ class PruneConfig:
         },
     )
     uniform: bool = field(default=False, metadata={"help": "ablation: one ratio in every layer"})
+    search_minutes: float = field(
+        default=5.0,
+        metadata={"help": "time budget of the allocation search (NAME@search), in minutes"},
+    )
+    search_steps: int | None = field(
+        default=None,
+        metadata={"help": "stop the allocation search after N candidates (None: at the time budget)", "type": int},
+    )
     keep_lowest: float = field(default=0.01, metadata={"help": "spare the lowest FRACTION of channels (code quirk)"})
     round_to: int = field(default=1, metadata={"help": "keep FFN widths multiples of N"})
     batch_size: int = field(default=8, metadata={"help": "calibration windows per forward pass"})
@@ -109,6 +117,10 @@ class PruneConfig:
             raise ConfigError(f"cache_gb must be at least 0, got {self.cache_gb}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if not self.search_minutes > 0:
+            raise ConfigError(f"search_minutes must be positive, got {self.search_minutes}")
+        if self.search_steps is not None and self.search_steps < 1:
+            raise ConfigError(f"search_steps must be at least 1, got {self.search_steps}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
 

@@ -7,6 +7,7 @@ import torch
 
 from slimllm.allocation import Allocation, attention_units, removed_params
 from slimllm.config import PruneConfig
+from slimllm.importance import AttentionStats, MlpStats
 from slimllm.layer_walk import (
     LayerActivations,
     LayerBatch,
@@ -40,10 +41,10 @@ class LayerPruner:
 
     def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> tuple[LayerPlan, list]:
         """Prune layer ``index`` in place; returns its plan and its outputs (the next layer's inputs)."""
-        record = self._record(index, layer, self.allocation.ratios[index], cosine)
+        record = self.blank_record(index, layer, self.allocation.ratios[index], cosine)
         planned_units = self.allocation.units_to_prune[index]
         planned_channels = self.allocation.channels_to_prune[index]
-        kept = self._activations(index, layer, batches, bool(planned_units or planned_channels))
+        kept = self.activations(index, layer, batches, bool(planned_units or planned_channels))
         if planned_units:
             removed = self.prune_attention(layer, index, batches, planned_units, record, kept)
             self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
@@ -56,19 +57,7 @@ class LayerPruner:
         self.cache_peak_bytes = max(self.cache_peak_bytes, kept.peak_bytes)
         return record, propagate(self.adapter, layer, index, batches, kept)
 
-    def prune_exactly(self, index: int, layer, batches: list[LayerBatch], *, units: int, channels: int) -> LayerPlan:
-        """Prune exactly ``units`` attention units and ``channels`` FFN channels of ``layer`` in
-        place, with no budget carried between layers and no propagation: one candidate of the
-        allocation search (:mod:`slimllm.search`)."""
-        record = self._record(index, layer, 0.0, float("nan"))
-        kept = self._activations(index, layer, batches, bool(units or channels))
-        if units:
-            self.prune_attention(layer, index, batches, units, record, kept)
-        if channels:
-            self.prune_mlp(layer, index, batches, channels, record, kept)
-        return record
-
-    def _record(self, index: int, layer, ratio: float, cosine: float) -> LayerPlan:
+    def blank_record(self, index: int, layer, ratio: float, cosine: float) -> LayerPlan:
         attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
         return LayerPlan(
             index=index,
@@ -80,7 +69,7 @@ class LayerPruner:
             cosine=cosine,
         )
 
-    def _activations(self, index: int, layer, batches, pruned: bool) -> LayerActivations:
+    def activations(self, index: int, layer, batches, pruned: bool) -> LayerActivations:
         if not pruned:
             return LayerActivations(device=None)
         attn, mlp = self.adapter.attention(layer), self.adapter.mlp(layer)
@@ -93,34 +82,45 @@ class LayerPruner:
         return kept
 
     def prune_attention(self, layer, index: int, batches, num_units: int, record: LayerPlan, kept) -> int:
-        adapter, module = self.adapter, self.adapter.attention_module(layer)
-        before = count_parameters(module)
-        parts = adapter.attention(layer)
-        units = attention_units(parts.query_to_kv, self.config.gqa)
+        return self.apply_attention(layer, self.attention_stats(layer, index, batches, kept), num_units, record, kept)
+
+    def attention_stats(self, layer, index: int, batches, kept: LayerActivations) -> AttentionStats:
+        units = attention_units(self.adapter.attention(layer).query_to_kv, self.config.gqa)
         split = self.method.recovery.held_out_moments
-        stats = collect_attention_stats(adapter, layer, index, batches, units, self.device, kept, split=split)
+        return collect_attention_stats(self.adapter, layer, index, batches, units, self.device, kept, split=split)
+
+    def apply_attention(self, layer, stats: AttentionStats, num_units: int, record: LayerPlan, kept) -> int:
+        """Select and cut the heads on ``stats`` (taken on this layer while dense), fold the recovery in."""
+        adapter = self.adapter
+        before = count_parameters(adapter.attention_module(layer))
         selection = self.method.heads.select(stats, num_units)
-        kept_heads = sorted(h for u in selection.kept for h in units[u])
+        kept_heads = sorted(h for u in selection.kept for h in stats.units[u])
         recovery = self.method.recovery.attention(stats, kept_heads)  # from the dense o_proj, before surgery
         record.kept_kv_heads, record.query_to_kv = prune_heads(adapter, layer, kept_heads)
         record.kept_heads, record.head_scores = kept_heads, selection.scores
-        kept.keep_attention_columns(torch.tensor(head_rows(kept_heads, parts.head_dim), dtype=torch.long))
+        kept.keep_attention_columns(torch.tensor(head_rows(kept_heads, stats.parts.head_dim), dtype=torch.long))
         if recovery is not None:
             recover_attention(adapter, layer, recovery)
             record.attn_recovery = recovery
         return before - count_parameters(adapter.attention_module(layer))
 
     def prune_mlp(self, layer, index: int, batches, num_channels: int, record: LayerPlan, kept) -> int:
+        stats = self.mlp_stats(layer, index, batches, kept)
+        return self.apply_mlp(layer, index, batches, stats, num_channels, record, kept)
+
+    def mlp_stats(self, layer, index: int, batches, kept: LayerActivations) -> MlpStats:
+        paired_pass, split = self.method.recovery.needs_output_pass, self.method.recovery.held_out_moments
+        return collect_mlp_stats(
+            self.adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split
+        )
+
+    def apply_mlp(self, layer, index: int, batches, stats: MlpStats, num_channels: int, record: LayerPlan, kept) -> int:
+        """Select and cut the channels on ``stats`` (taken on this FFN while dense), fold the recovery in."""
         adapter = self.adapter
         before = count_parameters(adapter.mlp_module(layer))
-        paired_pass = self.method.recovery.needs_output_pass
-        split = self.method.recovery.held_out_moments
-        stats = collect_mlp_stats(
-            adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split
-        )
         kept_channels = self.method.channels.select(stats, num_channels).kept
         paired = None
-        if paired_pass:
+        if self.method.recovery.needs_output_pass:
             paired = collect_paired_outputs(adapter, layer, index, batches, kept_channels, self.device, kept)
         recovery = self.method.recovery.mlp(stats, kept_channels, paired)
         prune_channels(adapter, layer, kept_channels)

@@ -24,6 +24,7 @@ from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.runtime import CoreShare, count_parameters, versions
+from slimllm.search import search_allocation
 
 
 class _Timer:
@@ -118,6 +119,11 @@ def prune(
     with timer.phase("allocation"):
         costs = layer_costs(slim, adapter, config.gqa)
         allocation = method.allocator(cosines, costs, ratio_base, config)
+    if method.allocation == "search":
+        with timer.phase("allocation_search"), CoreShare(config.threads):
+            allocation = search_allocation(
+                slim, adapter, method, config, allocation, costs, layer0_inputs, device, progress=progress
+            )
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []
@@ -185,6 +191,8 @@ def _report(
             "pruned_layers": allocation.pruned_layers,
             "alpha": allocation.alpha,
             "selected": allocation.selected,
+            "planned_removed": allocation.planned_removed,
+            **({"search": allocation.search} if allocation.search is not None else {}),
         },
         "layers": layer_rows,
         "activation_cache": {

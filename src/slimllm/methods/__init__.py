@@ -14,7 +14,7 @@ from slimllm.config import PruneConfig
 from slimllm.methods import flap, simple, slimllm, taylor  # noqa: F401  (each registers its method, in this order)
 from slimllm.methods.base import REGISTRY, Method, MethodSpec, NoRecovery, RegressionRecovery, register
 
-ALLOCATIONS = ("uniform", "eq11", "flap")
+ALLOCATIONS = ("uniform", "eq11", "flap", "search")
 _ALLOCATION_ALIASES = {"slimllm": "eq11", "slimllm-ratios": "eq11"}
 
 
@@ -51,7 +51,8 @@ def build_method(config: PruneConfig) -> Method:
     """The criteria, recovery and allocator for ``config.method``, with the ablation switches applied.
 
     ``config.method`` is ``NAME`` or ``NAME@ALLOCATION``: ALLOCATION one of ``uniform``, ``eq11``
-    (alias ``slimllm``: SlimLLM's Eq. 11 ratios) or ``flap`` (FLAP's adaptive structure). Without
+    (alias ``slimllm``: SlimLLM's Eq. 11 ratios), ``flap`` (FLAP's adaptive structure) or
+    ``search`` (Eq. 11's counts refined by the KL search of :mod:`slimllm.search`). Without
     a suffix each method uses the ratios it was published with; ``config.uniform`` forces
     ``uniform``.
     """

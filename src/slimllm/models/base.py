@@ -120,6 +120,15 @@ class ModelAdapter:
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
 
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits for the last decoder layer's output: final norm, head and (Gemma 2/3)
+        the logit soft-cap, as the family's forward computes them."""
+        logits = model.lm_head(model.model.norm(hidden))
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     def around_layers(self, model: nn.Module) -> list[nn.Module]:
         """What the decoder runs before its layers (embeddings, rotary embeddings, ...), with parameters or buffers."""
         return [
