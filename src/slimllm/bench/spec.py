@@ -32,11 +32,23 @@ ABLATION_FLAGS = {
 OPTIONS: dict[str, dict] = {
     "ridge": {"recovery": "ridge"},
     "calib-128x512": {"nsamples": 128, "seqlen": 512},
+    "search": {"method": "slimllm@search"},
+    "search-ridge": {"method": "slimllm@search", "recovery": "ridge"},
 }
 OPTION_FLAGS = {
     "ridge": "--recovery ridge",
     "calib-128x512": "--nsamples 128 --seqlen 512",
+    "search": "@search",
+    "search-ridge": "@search --recovery ridge",
 }
+
+
+def option_label(name: str) -> str:
+    """The row of an option: ``slimllm --recovery ridge``, ``slimllm@search``."""
+    flags = OPTION_FLAGS[name]
+    return f"slimllm{flags}" if flags.startswith("@") else f"slimllm {flags}"
+
+
 # Every registered method (SlimLLM and the baselines), in listing order.
 DEFAULT_METHODS = tuple(available_methods())
 
@@ -182,7 +194,7 @@ class BenchSpec:
                     for name, o in ABLATIONS.items()
                 ]
             cells += [
-                Cell(f"slimllm {OPTION_FLAGS[name]}", "option", ratio, first, {"method": "slimllm", **OPTIONS[name]})
+                Cell(option_label(name), "option", ratio, first, {"method": "slimllm", **OPTIONS[name]})
                 for name in self.options
             ]
             cells += [
