@@ -30,9 +30,13 @@ def _search(model, data, config):
     slim = adapter.to_slim(model)
     method = build_method(config)
     costs = layer_costs(slim, adapter, config.gqa)
-    start = allocate([0.9, 0.8, 0.95, 0.85], costs, sum(p.numel() for p in slim.parameters()), ratio=config.ratio)
+    cosines, total = [0.9, 0.8, 0.95, 0.85], sum(p.numel() for p in slim.parameters())
+    start = allocate(cosines, costs, total, ratio=config.ratio)
     inputs = capture_layer_inputs(slim, adapter, data, config.batch_size, "cpu")
-    return slim, adapter, AllocationSearch(slim, adapter, method, config, start, costs, inputs, "cpu", progress=False)
+    search = AllocationSearch(
+        slim, adapter, method, config, start, costs, inputs, "cpu", cosines=cosines, ratio_base=total, progress=False
+    )
+    return slim, adapter, search
 
 
 def _direct_kl(slim, adapter, search, state: State, windows) -> float:

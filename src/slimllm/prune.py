@@ -122,8 +122,9 @@ def prune(
     if method.allocation == "search":
         with timer.phase("allocation_search"), CoreShare(config.threads):
             allocation = search_allocation(
-                slim, adapter, method, config, allocation, costs, layer0_inputs, device, progress=progress
-            )
+                slim, adapter, method, config, allocation, costs, layer0_inputs, device,
+                cosines=cosines, ratio_base=ratio_base, progress=progress,
+            )  # fmt: skip
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from slimllm.allocation import Allocation, LayerCosts, close_gap, removed_params
+from slimllm.allocation import Allocation, AllocationError, LayerCosts, allocate, close_gap, removed_params
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.layer_pruner import LayerPruner
 from slimllm.layer_walk import LayerBatch, on_device, run_layer
@@ -280,10 +280,13 @@ class AllocationSearch:
         layer0_inputs: list[LayerBatch],
         device,
         *,
+        cosines: list[float],
+        ratio_base: int,
         progress: bool = True,
     ):
         self.begin = time.perf_counter()
         self.config, self.start, self.costs, self.progress = config, start, costs, progress
+        self.cosines, self.ratio_base = cosines, ratio_base
         fit, held_out = split_batches(layer0_inputs)
         fit, held_out = _cap_tokens(fit, MAX_FIT_TOKENS), _cap_tokens(held_out, MAX_KL_TOKENS)
         layers = adapter.layers(model)
@@ -301,12 +304,53 @@ class AllocationSearch:
 
     def start_state(self, rng: random.Random) -> State:
         """Eq. 11's counts, FFN widths snapped to the grid and the budget restored."""
-        space = self.space
-        levels = [min(space.max_level[i], round(c / space.step[i])) for i, c in enumerate(self.start.channels_to_prune)]
-        state = State(list(self.start.units_to_prune), levels)
-        if not space.rebalance(state, rng):
+        state = self.state_from(self.start, 1.0, rng)
+        if state is None:
             raise ConfigError("the allocation search found no FFN widths on its grid that meet the parameter target")
         return state
+
+    def state_from(self, allocation: Allocation, head_share: float, rng: random.Random) -> State | None:
+        """``allocation``'s counts with ``head_share`` times its heads in each layer, the FFN taking
+        up (or giving back) the difference so each layer keeps its budget; the FFN widths snapped
+        to the grid, then the total restored. None when the budget cannot be met."""
+        space, units, levels = self.space, [], []
+        for i, cost in enumerate(self.costs):
+            heads, channels = allocation.units_to_prune[i], allocation.channels_to_prune[i]
+            budget = removed_params(cost, heads, channels, space.adds_bias)
+            heads = min(space.max_units[i], round(head_share * heads))
+            left = budget - removed_params(cost, heads, 0, space.adds_bias)
+            level = round(left / cost.channel_params / space.step[i])
+            units.append(heads)
+            levels.append(min(space.max_level[i], max(0, level)))
+        state = State(units, levels)
+        return state if space.rebalance(state, rng) else None
+
+    def eq11_settings(self) -> list[tuple[str, list]]:
+        """The coordinate phase's grid: the heads' share of each layer's budget, Eq. 11's α and L_p."""
+        alpha, count, total = self.start.alpha, self.start.pruned_layers, len(self.costs)
+        layer_counts = sorted({max(1, round(total * f)) for f in (0.5, 2 / 3, 5 / 6, 1.0)} - {count})
+        return [
+            ("head_share", [0.0, 0.5, 1.5, 2.0]),
+            ("alpha", [alpha * f for f in (0.0, 0.5, 1.5, 2.0)]),
+            ("layers", layer_counts),
+        ]
+
+    def eq11_allocation(self, alpha: float, layers: int) -> Allocation | None:
+        config = self.config
+        try:
+            return allocate(
+                self.cosines,
+                self.costs,
+                self.ratio_base,
+                ratio=config.ratio,
+                pruned_layers=layers,
+                alpha=alpha,
+                max_layer_ratio=config.max_layer_ratio,
+                regression=self.space.adds_bias,
+                round_to=config.round_to,
+            )
+        except AllocationError:
+            return None
 
     @torch.no_grad()
     def run(self) -> Allocation:
@@ -318,8 +362,21 @@ class AllocationSearch:
         start_kl, evaluations, accepted, history = best, 1, 0, [(1, best)]
         deadline = self.begin + 60 * config.search_minutes
         bar = tqdm(total=config.search_steps, desc="search: KL to dense", disable=not self.progress, leave=False)
-        while time.perf_counter() < deadline and (config.search_steps is None or evaluations < config.search_steps):
-            child = mutate(state, space, rng)
+        settings = {"head_share": 1.0, "alpha": self.start.alpha, "layers": self.start.pruned_layers}
+        coordinates = [(name, value) for name, values in self.eq11_settings() for value in values]
+
+        def within_budget() -> bool:
+            return time.perf_counter() < deadline and (config.search_steps is None or evaluations < config.search_steps)
+
+        while within_budget():
+            trial = None
+            if coordinates:  # first, one pass over Eq. 11's own settings, one at a time
+                name, value = coordinates.pop(0)
+                trial = {**settings, name: value}
+                allocation = self.eq11_allocation(trial["alpha"], trial["layers"])
+                child = None if allocation is None else self.state_from(allocation, trial["head_share"], rng)
+            else:  # then single-level moves
+                child = mutate(state, space, rng)
             if child is None:
                 continue
             loss, inputs = objective(child)
@@ -327,6 +384,7 @@ class AllocationSearch:
             bar.update(1)
             if loss < best:
                 state, best, accepted = child, loss, accepted + 1
+                settings = trial or settings
                 objective.accept(child, inputs)
                 history.append((evaluations, best))
                 bar.set_postfix(kl=f"{best:.4f}", start=f"{start_kl:.4f}")
@@ -335,6 +393,7 @@ class AllocationSearch:
             "start_kl": start_kl,
             "kl": best,
             "evaluations": evaluations,
+            "eq11_settings": settings,
             "accepted": accepted,
             "history": history,
             "candidate_parts_built": len(self.candidates.parts),
@@ -359,11 +418,16 @@ def search_allocation(
     layer0_inputs: list[LayerBatch],
     device,
     *,
+    cosines: list[float],
+    ratio_base: int,
     progress: bool = True,
 ) -> Allocation:
     """Refine ``start`` (Eq. 11's counts) by the KL search; returns an :class:`Allocation` whose
     ``search`` holds the report (KL at the start and the end, candidates, time)."""
-    search = AllocationSearch(model, adapter, method, config, start, costs, layer0_inputs, device, progress=progress)
+    search = AllocationSearch(
+        model, adapter, method, config, start, costs, layer0_inputs, device,
+        cosines=cosines, ratio_base=ratio_base, progress=progress,
+    )  # fmt: skip
     return search.run()
 
 

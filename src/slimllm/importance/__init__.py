@@ -32,6 +32,8 @@ class MlpStats:
     output: Moments  # FFN output Y, full covariance
     parts: MlpParts
     hidden_split: HeldOutMoments | None = None  # H's full covariance, fitting and held-out batches apart
+    # what criteria derive from these statistics alone, kept for the next count (the search asks for many)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -67,15 +69,18 @@ class FeatureSpaceChannels:
         self.keep_lowest = keep_lowest
 
     def select(self, stats: MlpStats, num_prune: int) -> Selection:
-        importance = channel_importance(
-            gate_weight=stats.parts.gate_proj.weight,
-            up_weight=stats.parts.up_proj.weight,
-            down_weight=stats.parts.down_proj.weight,
-            output_covariance=stats.output.covariance if self.feature_space else None,
-            hidden_square_sum=stats.hidden.square_sum,
-            input_square_sum=stats.inputs.square_sum,
-            feature_space=self.feature_space,
-        )
+        key = (self.name, self.feature_space)
+        importance = stats.memo.get(key)
+        if importance is None:
+            importance = stats.memo[key] = channel_importance(
+                gate_weight=stats.parts.gate_proj.weight,
+                up_weight=stats.parts.up_proj.weight,
+                down_weight=stats.parts.down_proj.weight,
+                output_covariance=stats.output.covariance if self.feature_space else None,
+                hidden_square_sum=stats.hidden.square_sum,
+                input_square_sum=stats.inputs.square_sum,
+                feature_space=self.feature_space,
+            )
         return Selection(select_channels(importance, num_prune, self.keep_lowest), importance.tolist())
 
 
