@@ -48,3 +48,30 @@ def test_the_ratio_is_required_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         _prune_parser().parse_args(["prune", "m", "--output", "o"])
     assert "--ratio" in capsys.readouterr().err
+
+
+def test_a_preset_fills_in_the_options_not_given():
+    from slimllm.config import PRESETS
+
+    args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3", "--preset", "best"])
+    assert config_from_args(args) == PruneConfig(ratio=0.3, **PRESETS["best"])
+    assert config_from_args(args) == PruneConfig.from_preset("best", ratio=0.3)
+    assert config_from_args(args) != PruneConfig(ratio=0.3)
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_an_option_given_overrides_the_preset_even_when_it_repeats_the_default(order):
+    flags = ["--recovery", "regression"]  # the dataclass default, which the preset changes
+    preset = ["--preset", "best"]
+    tail = [*flags, *preset] if order == "before" else [*preset, *flags]
+    args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3", *tail])
+    config = config_from_args(args)
+    assert config.recovery == "regression"
+    assert config.method == PruneConfig.from_preset("best", ratio=0.3).method
+
+
+def test_an_unknown_preset_is_named():
+    from slimllm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        PruneConfig.from_preset("fast", ratio=0.3)

@@ -12,7 +12,8 @@
 - ``required``: the option must be given (the default is then only the Python API's).
 
 Without ``negatable`` a boolean that defaults to False becomes ``--NAME`` and one that defaults
-to True ``--no-NAME``, as in ``slimllm prune``.
+to True ``--no-NAME``, as in ``slimllm prune``. The fields given on the command line are listed
+by :func:`given_fields`, so a preset can fill in only the others.
 """
 
 from __future__ import annotations
@@ -53,15 +54,38 @@ def add_dataclass_arguments(parser, config_class, *, skip: tuple[str, ...] = ())
         if meta.get("required"):
             options["required"] = True
             del options["default"]
-        target.add_argument(f"--{name}", **options)
+        _note_when_given(target.add_argument(f"--{name}", **options))
     return groups
 
 
-def dataclass_from_arguments(config_class, args):
-    """``config_class`` from parsed arguments: the fields :func:`add_dataclass_arguments` added."""
-    return config_class(
-        **{item.name: getattr(args, item.name) for item in fields(config_class) if hasattr(args, item.name)}
-    )
+_GIVEN = "_slimllm_given_fields"
+
+
+def _note_when_given(action: argparse.Action) -> None:
+    """Make ``action`` record its field in the namespace when its option is on the command line."""
+    base = type(action)
+
+    class Noted(base):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            setattr(namespace, _GIVEN, getattr(namespace, _GIVEN, frozenset()) | {self.dest})
+
+    Noted.__name__ = base.__name__
+    action.__class__ = Noted
+
+
+def given_fields(args) -> frozenset[str]:
+    """The fields whose options were given on the command line (not left at their defaults)."""
+    return getattr(args, _GIVEN, frozenset())
+
+
+def dataclass_from_arguments(config_class, args, defaults: dict | None = None):
+    """``config_class`` from parsed arguments: the fields :func:`add_dataclass_arguments` added,
+    with ``defaults`` (a preset) in place of the fields not given on the command line."""
+    values = {item.name: getattr(args, item.name) for item in fields(config_class) if hasattr(args, item.name)}
+    given = given_fields(args)
+    values.update({name: value for name, value in (defaults or {}).items() if name not in given})
+    return config_class(**values)
 
 
 def comma_list(text: str) -> tuple[str, ...]:

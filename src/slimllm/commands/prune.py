@@ -8,7 +8,7 @@ import time
 
 
 def register(subparsers) -> None:
-    from slimllm.config import PruneConfig
+    from slimllm.config import PRESETS, PruneConfig
     from slimllm.methods import method_help
     from slimllm.options import add_dataclass_arguments
 
@@ -24,16 +24,24 @@ def register(subparsers) -> None:
     p.add_argument("model", help="hub id, local folder, .gguf file, or a built-in name: smollm2-135m, gemma3-270m")
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="start from a named set of settings (paper: the default; best: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["best"].items())
+        + "); options given on the command line override it",
+    )
     add_dataclass_arguments(p, PruneConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
 def config_from_args(args):
-    from slimllm.config import PruneConfig
+    from slimllm.config import PRESETS, PruneConfig
     from slimllm.options import dataclass_from_arguments
 
-    return dataclass_from_arguments(PruneConfig, args)
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else None
+    return dataclass_from_arguments(PruneConfig, args, preset)
 
 
 def print_summary(report: dict, output: str, console=None) -> None:
