@@ -165,3 +165,15 @@ def test_search_settings_are_validated():
         PruneConfig(search_minutes=0)
     with pytest.raises(ConfigError, match="search_steps"):
         PruneConfig(search_steps=0)
+
+
+def test_forgetting_candidate_parts_changes_nothing_but_time(monkeypatch):
+    import slimllm.search as search_module
+
+    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", search_steps=15)
+    monkeypatch.setattr(search_module, "PART_MEMORY", 1000)
+    kept = prune(tiny_llama(), config=config, data=_windows(), progress=False)[1].report["allocation"]["search"]
+    monkeypatch.setattr(search_module, "PART_MEMORY", 0)
+    lean = prune(tiny_llama(), config=config, data=_windows(), progress=False)[1].report["allocation"]["search"]
+    assert lean["candidate_parts_forgotten"] > 0 and kept["candidate_parts_forgotten"] == 0
+    assert lean["history"] == kept["history"]

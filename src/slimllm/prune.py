@@ -120,10 +120,10 @@ def prune(
         costs = layer_costs(slim, adapter, config.gqa)
         allocation = method.allocator(cosines, costs, ratio_base, config)
     if method.allocation == "search":
-        with timer.phase("allocation_search"), CoreShare(config.threads):
+        with timer.phase("allocation_search"), CoreShare(config.threads) as search_cores:
             allocation = search_allocation(
                 slim, adapter, method, config, allocation, costs, layer0_inputs, device,
-                cosines=cosines, ratio_base=ratio_base, progress=progress,
+                cosines=cosines, ratio_base=ratio_base, progress=progress, cores=search_cores,
             )  # fmt: skip
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)

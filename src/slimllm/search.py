@@ -36,9 +36,11 @@ from slimllm.layer_pruner import LayerPruner
 from slimllm.layer_walk import LayerBatch, on_device, run_layer
 from slimllm.methods import Method
 from slimllm.models.base import ModelAdapter
+from slimllm.runtime import CoreShare
 
 GRID_STEPS = 32  # FFN widths searched: multiples of width / 32 (48 channels in SmolLM2)
 MAX_KL_TOKENS = 2048  # held-out tokens scored per candidate (cost: one forward of this many)
+PART_MEMORY = 2  # kept candidate parts may take this many times the dense layers' memory
 MAX_FIT_TOKENS = 4096  # tokens the candidate layers are pruned on (their activations are kept per layer)
 
 
@@ -145,6 +147,8 @@ class CandidateLayers:
         self.fit_inputs, self.device = fit_inputs, device
         self.parts: dict[tuple[int, str, int], nn.Module] = {}
         self.stats: dict[tuple[int, str], tuple] = {}
+        self.budget_bytes = PART_MEMORY * sum(_nbytes(layer) for layer in layers)
+        self.forgotten = 0
         self.shells = [_shell(layer) for layer in layers]
         first = layers[0]
         self.names = (
@@ -186,11 +190,24 @@ class CandidateLayers:
             self.stats[(index, kind)] = (stats, kept)
         return self.stats[(index, kind)]
 
+    def forget_unused(self, units: list[int], channels: list[int]) -> None:
+        """Over the memory budget, drop the parts other than these counts' (rebuilt if asked for again)."""
+        if sum(_nbytes(part) for part in self.parts.values()) <= self.budget_bytes:
+            return
+        used = {(i, "attention", u) for i, u in enumerate(units)} | {(i, "mlp", c) for i, c in enumerate(channels)}
+        for key in [key for key in self.parts if key not in used]:
+            del self.parts[key]
+            self.forgotten += 1
+
     def layer(self, index: int, units: int, channels: int) -> nn.Module:
         shell = self.shells[index]
         setattr(shell, self.names[0], self.part(index, "attention", units))
         setattr(shell, self.names[1], self.part(index, "mlp", channels))
         return shell
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.parameters())
 
 
 def _shell(layer: nn.Module) -> nn.Module:
@@ -283,8 +300,10 @@ class AllocationSearch:
         cosines: list[float],
         ratio_base: int,
         progress: bool = True,
+        cores: CoreShare | None = None,
     ):
         self.begin = time.perf_counter()
+        self.cores = cores
         self.config, self.start, self.costs, self.progress = config, start, costs, progress
         self.cosines, self.ratio_base = cosines, ratio_base
         fit, held_out = split_batches(layer0_inputs)
@@ -293,6 +312,7 @@ class AllocationSearch:
         self.space = SearchSpace.build(costs, start.target_removed, config, method.adds_bias)
         fit_inputs, held = [], held_out
         for index, layer in enumerate(tqdm(layers, desc="search: dense pass", disable=not progress, leave=False)):
+            self._adjust_threads()
             fit_inputs.append(fit)
             with on_device(layer, device):
                 fit, held = run_layer(layer, index, fit), run_layer(layer, index, held)
@@ -301,6 +321,10 @@ class AllocationSearch:
         self.objective = KlObjective(model, adapter, self.space, self.candidates, held_out, device)
         self.objective.set_dense(held)
         self.fit_tokens = sum(batch.hidden.shape[:-1].numel() for batch in fit_inputs[0])
+
+    def _adjust_threads(self) -> None:
+        if self.cores is not None:
+            self.cores.adjust()
 
     def start_state(self, rng: random.Random) -> State:
         """Eq. 11's counts, FFN widths snapped to the grid and the budget restored."""
@@ -379,7 +403,10 @@ class AllocationSearch:
                 child = mutate(state, space, rng)
             if child is None:
                 continue
+            self._adjust_threads()
             loss, inputs = objective(child)
+            kept = child if loss < best else state
+            self.candidates.forget_unused(kept.units, [space.channels(i, g) for i, g in enumerate(kept.levels)])
             evaluations += 1
             bar.update(1)
             if loss < best:
@@ -396,7 +423,8 @@ class AllocationSearch:
             "eq11_settings": settings,
             "accepted": accepted,
             "history": history,
-            "candidate_parts_built": len(self.candidates.parts),
+            "candidate_parts_built": len(self.candidates.parts) + self.candidates.forgotten,
+            "candidate_parts_forgotten": self.candidates.forgotten,
             "candidate_seconds": self.candidates.seconds,
             "seconds": time.perf_counter() - self.begin,
             "held_out_tokens": objective.tokens,
@@ -421,12 +449,13 @@ def search_allocation(
     cosines: list[float],
     ratio_base: int,
     progress: bool = True,
+    cores: CoreShare | None = None,
 ) -> Allocation:
     """Refine ``start`` (Eq. 11's counts) by the KL search; returns an :class:`Allocation` whose
     ``search`` holds the report (KL at the start and the end, candidates, time)."""
     search = AllocationSearch(
         model, adapter, method, config, start, costs, layer0_inputs, device,
-        cosines=cosines, ratio_base=ratio_base, progress=progress,
+        cosines=cosines, ratio_base=ratio_base, progress=progress, cores=cores,
     )  # fmt: skip
     return search.run()
 
