@@ -349,15 +349,21 @@ class AllocationSearch:
         state = State(units, levels)
         return state if space.rebalance(state, rng) else None
 
-    def eq11_settings(self) -> list[tuple[str, list]]:
-        """The coordinate phase's grid: the heads' share of each layer's budget, Eq. 11's α and L_p."""
-        alpha, count, total = self.start.alpha, self.start.pruned_layers, len(self.costs)
-        layer_counts = sorted({max(1, round(total * f)) for f in (0.5, 2 / 3, 5 / 6, 1.0)} - {count})
-        return [
-            ("head_share", [0.0, 0.5, 1.5, 2.0]),
-            ("alpha", [alpha * f for f in (0.0, 0.5, 1.5, 2.0)]),
-            ("layers", layer_counts),
-        ]
+    def eq11_settings(self, around: dict | None = None) -> list[tuple[str, float]]:
+        """The coordinate phase's trials: the heads' share of each layer's budget, Eq. 11's α and
+        L_p. The first pass spans a wide grid around Eq. 11's own settings; later passes (``around``
+        the best so far) try half-steps either side."""
+        total = len(self.costs)
+        if around is None:
+            alpha, count = self.start.alpha, self.start.pruned_layers
+            trials = [("head_share", v) for v in (0.0, 0.5, 1.5, 2.0)]
+            trials += [("alpha", alpha * f) for f in (0.0, 0.5, 1.5, 2.0)]
+            layer_counts = {max(1, round(total * f)) for f in (0.5, 2 / 3, 5 / 6, 1.0)} - {count}
+            return trials + [("layers", v) for v in sorted(layer_counts)]
+        share, alpha, count = around["head_share"], around["alpha"], around["layers"]
+        trials = [("head_share", max(0.0, share + d)) for d in (-0.25, 0.25) if share + d >= 0]
+        trials += [("alpha", alpha * f) for f in (0.75, 1.5)] if alpha > 0 else [("alpha", self.start.alpha / 2)]
+        return trials + [("layers", c) for c in (count - 2, count + 2) if 1 <= c <= total]
 
     def eq11_allocation(self, alpha: float, layers: int) -> Allocation | None:
         config = self.config
@@ -387,14 +393,16 @@ class AllocationSearch:
         deadline = self.begin + 60 * config.search_minutes
         bar = tqdm(total=config.search_steps, desc="search: KL to dense", disable=not self.progress, leave=False)
         settings = {"head_share": 1.0, "alpha": self.start.alpha, "layers": self.start.pruned_layers}
-        coordinates = [(name, value) for name, values in self.eq11_settings() for value in values]
+        coordinates, improved_in_pass = self.eq11_settings(), False
 
         def within_budget() -> bool:
             return time.perf_counter() < deadline and (config.search_steps is None or evaluations < config.search_steps)
 
         while within_budget():
             trial = None
-            if coordinates:  # first, one pass over Eq. 11's own settings, one at a time
+            if not coordinates and improved_in_pass:  # another, finer pass while passes help
+                coordinates, improved_in_pass = self.eq11_settings(settings), False
+            if coordinates:  # first, passes over Eq. 11's own settings, one at a time
                 name, value = coordinates.pop(0)
                 trial = {**settings, name: value}
                 allocation = self.eq11_allocation(trial["alpha"], trial["layers"])
@@ -412,6 +420,7 @@ class AllocationSearch:
             if loss < best:
                 state, best, accepted = child, loss, accepted + 1
                 settings = trial or settings
+                improved_in_pass = improved_in_pass or trial is not None
                 objective.accept(child, inputs)
                 history.append((evaluations, best))
                 bar.set_postfix(kl=f"{best:.4f}", start=f"{start_kl:.4f}")
