@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from slimllm.config import PRESETS
 from slimllm.eval.settings import EvalSettings
 from slimllm.eval.task_table import TASKS
 from slimllm.methods import available_methods
@@ -32,14 +33,14 @@ ABLATION_FLAGS = {
 OPTIONS: dict[str, dict] = {
     "ridge": {"recovery": "ridge"},
     "calib-128x512": {"nsamples": 128, "seqlen": 512},
-    "search": {"method": "slimllm@search"},
-    "search-ridge": {"method": "slimllm@search", "recovery": "ridge"},
+    "search": {"method": "slimllm@search", "search_steps": PRESETS["best"]["search_steps"]},
+    "best": PRESETS["best"],
 }
 OPTION_FLAGS = {
     "ridge": "--recovery ridge",
     "calib-128x512": "--nsamples 128 --seqlen 512",
-    "search": "@search",
-    "search-ridge": "@search --recovery ridge",
+    "search": f"@search --search-steps {PRESETS['best']['search_steps']}",
+    "best": "--preset best",
 }
 
 
