@@ -21,6 +21,7 @@ chosen by the pruned model's KL divergence to the dense model on held-out calibr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -35,6 +36,7 @@ from slimllm.config import ConfigError, PruneConfig
 from slimllm.layer_pruner import LayerPruner
 from slimllm.layer_walk import LayerBatch, on_device, run_layer
 from slimllm.methods import Method
+from slimllm.methods.base import RegressionRecovery, RidgeRecovery
 from slimllm.models.base import ModelAdapter
 from slimllm.runtime import CoreShare
 
@@ -206,6 +208,16 @@ class CandidateLayers:
         return shell
 
 
+def candidate_method(method: Method) -> Method:
+    """The method the candidate parts are pruned with: ``method`` itself, except that the ridge
+    recovery is replaced by the paper's regression (it adds the same biases, so the budget is the
+    same). The ridge refit solves five systems per part, which would take most of the search's
+    time; the final layer walk still uses the ridge."""
+    if isinstance(method.recovery, RidgeRecovery):
+        return dataclasses.replace(method, recovery=RegressionRecovery())
+    return method
+
+
 def _nbytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.parameters())
 
@@ -316,7 +328,7 @@ class AllocationSearch:
             fit_inputs.append(fit)
             with on_device(layer, device):
                 fit, held = run_layer(layer, index, fit), run_layer(layer, index, held)
-        pruner = LayerPruner(adapter, method, config, start, costs, device)
+        pruner = LayerPruner(adapter, candidate_method(method), config, start, costs, device)
         self.candidates = CandidateLayers(adapter, pruner, layers, fit_inputs, device)
         self.objective = KlObjective(model, adapter, self.space, self.candidates, held_out, device)
         self.objective.set_dense(held)
