@@ -24,7 +24,7 @@ from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.runtime import CoreShare, count_parameters, versions
-from slimllm.search import search_allocation
+from slimllm.search import AllocationSearch
 
 
 class _Timer:
@@ -121,10 +121,11 @@ def prune(
         allocation = method.allocator(cosines, costs, ratio_base, config)
     if method.allocation == "search":
         with timer.phase("allocation_search"), CoreShare(config.threads) as search_cores:
-            allocation = search_allocation(
+            search = AllocationSearch(
                 slim, adapter, method, config, allocation, costs, layer0_inputs, device,
                 cosines=cosines, ratio_base=ratio_base, progress=progress, cores=search_cores,
             )  # fmt: skip
+            allocation = search.run()
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
     layer_plans, layer_rows = [], []

@@ -295,7 +295,9 @@ def _cap_tokens(batches: list[LayerBatch], limit: int) -> list[LayerBatch]:
 
 
 class AllocationSearch:
-    """The search's setup (dense pass, candidate layers, objective) and its loop, :meth:`run`."""
+    """The search's setup (dense pass, candidate layers, objective) and its loop: ``run()``
+    refines ``start`` (Eq. 11's counts) and returns an :class:`Allocation` whose ``search`` holds
+    the report (KL at the start and the end, candidates, settings found, time)."""
 
     @torch.no_grad()
     def __init__(
@@ -455,30 +457,6 @@ class AllocationSearch:
             "steps": config.search_steps,
         }
         return _as_allocation(state, space, self.start, self.costs, config, report)
-
-
-def search_allocation(
-    model,
-    adapter: ModelAdapter,
-    method: Method,
-    config: PruneConfig,
-    start: Allocation,
-    costs: list[LayerCosts],
-    layer0_inputs: list[LayerBatch],
-    device,
-    *,
-    cosines: list[float],
-    ratio_base: int,
-    progress: bool = True,
-    cores: CoreShare | None = None,
-) -> Allocation:
-    """Refine ``start`` (Eq. 11's counts) by the KL search; returns an :class:`Allocation` whose
-    ``search`` holds the report (KL at the start and the end, candidates, time)."""
-    search = AllocationSearch(
-        model, adapter, method, config, start, costs, layer0_inputs, device,
-        cosines=cosines, ratio_base=ratio_base, progress=progress, cores=cores,
-    )  # fmt: skip
-    return search.run()
 
 
 def _as_allocation(
