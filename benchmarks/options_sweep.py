@@ -28,6 +28,7 @@ OPTIONS = {
     "ridge": ["--recovery", "ridge"],
     "search": ["--method", "slimllm@search"],
     "best": ["--preset", "best"],
+    "flap": ["--method", "flap"],  # the strongest baseline, for the same seeds
 }
 
 
