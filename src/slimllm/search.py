@@ -39,6 +39,7 @@ from slimllm.methods import Method
 from slimllm.methods.base import RegressionRecovery, RidgeRecovery
 from slimllm.models.base import ModelAdapter
 from slimllm.runtime import CoreShare
+from slimllm.stats import held_out_batches
 
 GRID_STEPS = 32  # FFN widths searched: multiples of width / 32 (48 channels in SmolLM2)
 MAX_KL_TOKENS = 2048  # held-out tokens scored per candidate (cost: one forward of this many)
@@ -126,9 +127,10 @@ def mutate(state: State, space: SearchSpace, rng: random.Random) -> State | None
         elif 0 <= child.levels[index] + move <= space.max_level[index]:
             child.levels[index] += move
             moved.add(index)
+    # Rebalancing moves only FFNs not moved above, so it cannot undo the child's change.
     if child.first_difference(state) is None or not space.rebalance(child, rng, moved):
         return None
-    return child if child.first_difference(state) is not None else None
+    return child
 
 
 def token_kl(logits: torch.Tensor, dense_log_probs: torch.Tensor) -> torch.Tensor:
@@ -245,7 +247,7 @@ class KlObjective:
         self.dense_log_probs = None
         self.inputs: list[list[LayerBatch]] = [held_out]  # inputs of each layer under the accepted state
         self.accepted: State | None = None
-        self.tokens = sum(batch.hidden.shape[:-1].numel() for batch in held_out)
+        self.tokens = _tokens(held_out)
 
     @torch.no_grad()
     def set_dense(self, final_hidden: list[LayerBatch]) -> None:
@@ -280,17 +282,20 @@ def split_batches(batches: list) -> tuple[list, list]:
             "the allocation search holds out a quarter of the calibration batches, so it needs at least two: "
             "raise --nsamples above --batch-size"
         )
-    held = max(1, len(batches) // 4)
+    held = held_out_batches(len(batches))
     return batches[:-held], batches[-held:]
 
 
+def _tokens(batches: list[LayerBatch]) -> int:
+    return sum(batch.hidden.shape[:-1].numel() for batch in batches)
+
+
 def _cap_tokens(batches: list[LayerBatch], limit: int) -> list[LayerBatch]:
-    kept, tokens = [], 0
+    kept: list[LayerBatch] = []
     for batch in batches:
-        if kept and tokens + batch.hidden.shape[:-1].numel() > limit:
+        if kept and _tokens(kept) + _tokens([batch]) > limit:
             break
         kept.append(batch)
-        tokens += batch.hidden.shape[:-1].numel()
     return kept
 
 
@@ -334,7 +339,7 @@ class AllocationSearch:
         self.candidates = CandidateLayers(adapter, pruner, layers, fit_inputs, device)
         self.objective = KlObjective(model, adapter, self.space, self.candidates, held_out, device)
         self.objective.set_dense(held)
-        self.fit_tokens = sum(batch.hidden.shape[:-1].numel() for batch in fit_inputs[0])
+        self.fit_tokens = _tokens(fit_inputs[0])
 
     def _adjust_threads(self) -> None:
         if self.cores is not None:

@@ -128,6 +128,12 @@ def merged(a: Moments, b: Moments) -> Moments:
     return out
 
 
+def held_out_batches(batches: int) -> int:
+    """How many of ``batches`` calibration batches are held out where a choice is made on them:
+    the last quarter, at least one, none when there is only one batch."""
+    return max(1, batches // 4) if batches > 1 else 0
+
+
 class HeldOutMoments:
     """Full moments of one input, kept apart for fitting batches and held-out batches.
 
@@ -136,7 +142,7 @@ class HeldOutMoments:
     """
 
     def __init__(self, dim: int, batches: int, device, where: str):
-        self.held_out = max(1, batches // 4) if batches > 1 else 0
+        self.held_out = held_out_batches(batches)
         self.first_held = batches - self.held_out
         self.fit = Moments(dim, device, where=where)
         self.held = Moments(dim, device, where=where)
