@@ -5,15 +5,18 @@ import torch
 
 from slimllm.layer_walk import (
     LayerActivations,
+    LayerBatch,
     activations_for_layer,
     capture_layer_inputs,
     collect_attention_stats,
     collect_mlp_stats,
+    dense_states,
     propagate,
     replaying,
     run_layer,
 )
 from slimllm.models import adapter_for
+from slimllm.stats import Moments
 from tiny_models import FAMILIES, VOCAB
 
 
@@ -71,3 +74,82 @@ def test_activations_are_kept_only_under_the_cap():
     batches = [type("B", (), {"hidden": torch.zeros(2, 8, 4)})()]
     assert activations_for_layer(batches, 10, torch.device("cpu"), cap_bytes=2 * 8 * 10 * 4).keeping
     assert not activations_for_layer(batches, 10, torch.device("cpu"), cap_bytes=2 * 8 * 10 * 4 - 1).keeping
+
+
+# -- the dense model alongside (--recovery ridge-dense) ------------------------------------------
+def _after_attention(layer, batch: LayerBatch, index: int = 0) -> torch.Tensor:
+    """The residual after the attention, from the stock modules (LLaMA-style layers)."""
+    kwargs = batch.layer_kwargs[index]
+    out = layer.self_attn(
+        hidden_states=layer.input_layernorm(batch.hidden),
+        position_embeddings=kwargs["position_embeddings"],
+        attention_mask=kwargs.get("attention_mask"),
+    )[0]
+    return batch.hidden + out
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_dense_states_are_the_models_hidden_states(family):
+    model = FAMILIES[family]()
+    adapter = adapter_for(model.config)
+    slim = adapter.to_slim(model)
+    windows = torch.randint(0, VOCAB, (6, 16), generator=torch.Generator().manual_seed(2))
+    batches = capture_layer_inputs(slim, adapter, windows, batch_size=4, device="cpu")
+    with torch.no_grad():
+        hidden_states = slim(input_ids=windows, output_hidden_states=True).hidden_states
+    layers = adapter.layers(slim)
+    inputs = batches
+    for index, layer in enumerate(layers[:-1]):  # the last entry of hidden_states is after the final norm
+        states = dense_states(adapter, layer, index, inputs)
+        got = torch.cat([batch.hidden for batch in states.output])
+        torch.testing.assert_close(got, hidden_states[index + 1], rtol=1e-5, atol=1e-6)
+        for batch, after in zip(inputs, states.after_attention, strict=True):
+            torch.testing.assert_close(after, _after_attention(layer, batch, index), rtol=1e-5, atol=1e-6)
+        inputs = states.output
+
+
+def test_dense_states_are_refused_where_a_norm_follows_the_attention():
+    adapter, layer, batches = _first_layer("gemma2")
+    with pytest.raises(ValueError, match="residual"):
+        dense_states(adapter, layer, 0, batches)
+
+
+def test_joint_moments_hold_the_distance_to_the_dense_model():
+    """With the dense model's states alongside, the held-out-apart moments are those of
+    [o_proj input, dense after-attention state − layer input] and [down_proj input, dense layer
+    output − state after the attention], each computed here from the stock modules."""
+    adapter, layer, batches = _first_layer("llama")
+    noise = torch.Generator().manual_seed(3)
+    dense_inputs = [LayerBatch(b.hidden + 0.1 * torch.randn(b.hidden.shape, generator=noise), b.layer_kwargs)
+                    for b in batches]  # fmt: skip
+    dense = dense_states(adapter, layer, 0, dense_inputs)
+    o_inputs = []
+    hook = layer.self_attn.o_proj.register_forward_pre_hook(lambda _m, args: o_inputs.append(args[0]))
+    with torch.no_grad():
+        mids = [_after_attention(layer, batch) for batch in batches]
+    hook.remove()
+    none = LayerActivations(device=None)
+    attention = collect_attention_stats(adapter, layer, 0, batches, [[0]], "cpu", none, dense=dense)
+    joint = [torch.cat([x, after - batch.hidden], -1) for x, after, batch in
+             zip(o_inputs, dense.after_attention, batches, strict=True)]  # fmt: skip
+    _assert_moments_of(attention.o_input_split, joint)
+    assert attention.target_dims == layer.self_attn.o_proj.out_features
+
+    mlp = collect_mlp_stats(adapter, layer, 0, batches, "cpu", none, paired_pass=False, dense=dense)
+    with torch.no_grad():
+        hidden = [_down_input(layer.mlp, layer.post_attention_layernorm(mid)) for mid in mids]
+    joint = [torch.cat([h, out.hidden - mid], -1) for h, out, mid in zip(hidden, dense.output, mids, strict=True)]
+    _assert_moments_of(mlp.hidden_split, joint)
+
+
+def _down_input(mlp, x):
+    return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+
+
+def _assert_moments_of(split, rows):
+    direct = Moments(rows[0].shape[-1])
+    for row in rows:
+        direct.update(row)
+    total = split.total
+    torch.testing.assert_close(total.mean, direct.mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total.covariance, direct.covariance, rtol=1e-5, atol=1e-6)

@@ -194,6 +194,30 @@ def test_ridge_recovery_replays_from_its_plan_and_costs_what_the_regression_cost
     assert error["ridge"] < error["none"]
 
 
+def test_ridge_dense_aims_at_the_dense_model_and_replays_from_its_plan(tmp_path, calib_data):
+    model = tiny_llama()
+    ridge, ridge_plan = slimllm.prune(model, None, _config(recovery="ridge"), data=calib_data, progress=False)
+    pruned, plan = slimllm.prune(model, None, _config(recovery="ridge-dense"), data=calib_data, progress=False)
+    assert count_parameters(pruned) == count_parameters(ridge)
+    # layer 0 gets the same inputs in the dense and the pruned model: aiming at either is the same fit
+    assert plan.layers[0].attn_recovery is not None
+    torch.testing.assert_close(plan.layers[0].attn_recovery.weight, ridge_plan.layers[0].attn_recovery.weight)
+    fits = [rec.fit for layer in plan.layers for rec in (layer.attn_recovery, layer.mlp_recovery) if rec]
+    assert any(fit.startswith("dense-") for fit in fits)  # later layers correct what earlier ones lost
+    out = slimllm.save(pruned, None, plan, tmp_path / "ridge-dense")
+    rebuilt = slimllm.apply_plan(model, PrunePlan.load(out))
+    expected = pruned.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in rebuilt.state_dict().items())
+
+
+def test_ridge_dense_is_ridge_where_norms_follow_the_projections(calib_data):
+    """Gemma's post-norms sit between o_proj/down_proj and the residual: no dense target there."""
+    model = FAMILIES["gemma2"]()
+    states = [slimllm.prune(model, None, _config(recovery=kind), data=calib_data, progress=False)[0].state_dict()
+              for kind in ("ridge", "ridge-dense")]  # fmt: skip
+    assert all(torch.equal(states[0][k], v) for k, v in states[1].items())
+
+
 def test_every_family_loads_through_remote_code_without_slimllm(tmp_path, calib_data):
     """trust_remote_code, in a process where slimllm cannot be imported, gives identical logits."""
     from safetensors.torch import save_file

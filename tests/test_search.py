@@ -179,19 +179,20 @@ def test_forgetting_candidate_parts_changes_nothing_but_time(monkeypatch):
     assert lean["history"] == kept["history"]
 
 
-def test_candidates_use_the_regression_when_the_method_refits_by_ridge():
+@pytest.mark.parametrize("recovery", ["ridge", "ridge-dense"])
+def test_candidates_use_the_regression_when_the_method_refits_by_ridge(recovery):
     from slimllm.methods.base import RegressionRecovery, RidgeRecovery
     from slimllm.search import candidate_method
 
-    ridge = build_method(PruneConfig(method="slimllm@search", recovery="ridge"))
-    assert isinstance(ridge.recovery, RidgeRecovery)
+    ridge = build_method(PruneConfig(method="slimllm@search", recovery=recovery))
+    assert isinstance(ridge.recovery, RidgeRecovery) and ridge.recovery.name == recovery
     candidates = candidate_method(ridge)
     assert isinstance(candidates.recovery, RegressionRecovery) and candidates.adds_bias == ridge.adds_bias
     assert candidates.heads is ridge.heads and candidates.channels is ridge.channels
     plain = build_method(PruneConfig(method="slimllm@search"))
     assert candidate_method(plain) is plain
     # the final model is still refitted by ridge: its report says which penalty each part chose
-    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", recovery="ridge", search_steps=5)
+    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", recovery=recovery, search_steps=5)
     _, plan = prune(tiny_llama(), config=config, data=_windows(), progress=False)
     fits = [
         row.get("mlp_fit") for row in plan.report["layers"] if row["channels"] < tiny_llama().config.intermediate_size

@@ -8,7 +8,7 @@ from pathlib import Path
 
 GQA_MODES = ("query", "group")
 RATIO_OF = ("all", "decoder")
-RECOVERY_KINDS = ("regression", "ridge")
+RECOVERY_KINDS = ("regression", "ridge", "ridge-dense")
 
 
 class ConfigError(ValueError):
@@ -73,8 +73,9 @@ class PruneConfig:
     recovery: str = field(
         default="regression",
         metadata={
-            "help": "regression (the paper's per-column fit) or ridge (beyond the paper: o_proj/down_proj "
-            "refitted by ridge regression, the penalty chosen on held-out calibration windows)",
+            "help": "regression (the paper's per-column fit); beyond the paper, ridge (o_proj/down_proj "
+            "refitted by ridge regression onto their own dense outputs, the penalty chosen on held-out "
+            "calibration windows) or ridge-dense (the same, aiming at the dense model's hidden states)",
             "choices": RECOVERY_KINDS,
         },
     )

@@ -9,12 +9,14 @@ from slimllm.allocation import Allocation, attention_units, removed_params
 from slimllm.config import PruneConfig
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.layer_walk import (
+    DenseStates,
     LayerActivations,
     LayerBatch,
     activations_for_layer,
     collect_attention_stats,
     collect_mlp_stats,
     collect_paired_outputs,
+    dense_states,
     propagate,
 )
 from slimllm.methods import Method
@@ -29,7 +31,11 @@ class LayerPruner:
     The layer's ``o_proj`` and ``down_proj`` inputs are kept (within ``config.cache_gb``) while it
     is pruned, so that after each surgery the changed part is replayed from them rather than run
     again: the statistics pass over the attention, one pass over the FFN and the propagation
-    are the only passes (docs/method.md, "Cost")."""
+    are the only passes (docs/method.md, "Cost").
+
+    A recovery that aims at the dense model's hidden states (``--recovery ridge-dense``) has the
+    dense model run alongside: each layer, before it is pruned, runs once more on the dense
+    model's own inputs (:func:`slimllm.layer_walk.dense_states`)."""
 
     def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
         self.adapter, self.method, self.config = adapter, method, config
@@ -38,6 +44,8 @@ class LayerPruner:
         self.surplus = 0.0  # parameters removed beyond the plan so far (kv heads that went with their queries)
         self.cache_peak_bytes = 0
         self.recomputed_layers: list[int] = []
+        self.dense_alongside = method.recovery.dense_targets and adapter.residual_outputs
+        self.dense_inputs: list[LayerBatch] | None = None  # the dense model's inputs to the next layer
 
     def __call__(self, index: int, layer, batches: list[LayerBatch], cosine: float) -> tuple[LayerPlan, list]:
         """Prune layer ``index`` in place; returns its plan and its outputs (the next layer's inputs)."""
@@ -45,14 +53,18 @@ class LayerPruner:
         planned_units = self.allocation.units_to_prune[index]
         planned_channels = self.allocation.channels_to_prune[index]
         kept = self.activations(index, layer, batches, bool(planned_units or planned_channels))
+        dense = None
+        if self.dense_alongside:
+            dense = dense_states(self.adapter, layer, index, self.dense_inputs or batches)
+            self.dense_inputs = dense.output
         if planned_units:
-            removed = self.prune_attention(layer, index, batches, planned_units, record, kept)
+            removed = self.prune_attention(layer, index, batches, planned_units, record, kept, dense)
             self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
         if planned_channels:
             # Spend or give back the surplus here, in whole channels, so the total stays on target.
             adjust = round(self.surplus / self.costs[index].channel_params)
             channels = min(self.adapter.mlp(layer).width - 1, max(0, planned_channels - adjust))
-            removed = self.prune_mlp(layer, index, batches, channels, record, kept) if channels else 0
+            removed = self.prune_mlp(layer, index, batches, channels, record, kept, dense) if channels else 0
             self.surplus += removed - removed_params(self.costs[index], 0, planned_channels, self.adds_bias)
         self.cache_peak_bytes = max(self.cache_peak_bytes, kept.peak_bytes)
         return record, propagate(self.adapter, layer, index, batches, kept)
@@ -81,13 +93,20 @@ class LayerPruner:
             self.recomputed_layers.append(index)
         return kept
 
-    def prune_attention(self, layer, index: int, batches, num_units: int, record: LayerPlan, kept) -> int:
-        return self.apply_attention(layer, self.attention_stats(layer, index, batches, kept), num_units, record, kept)
+    def prune_attention(
+        self, layer, index: int, batches, num_units: int, record: LayerPlan, kept, dense: DenseStates | None = None
+    ) -> int:
+        stats = self.attention_stats(layer, index, batches, kept, dense)
+        return self.apply_attention(layer, stats, num_units, record, kept)
 
-    def attention_stats(self, layer, index: int, batches, kept: LayerActivations) -> AttentionStats:
+    def attention_stats(
+        self, layer, index: int, batches, kept: LayerActivations, dense: DenseStates | None = None
+    ) -> AttentionStats:
         units = attention_units(self.adapter.attention(layer).query_to_kv, self.config.gqa)
         split = self.method.recovery.held_out_moments
-        return collect_attention_stats(self.adapter, layer, index, batches, units, self.device, kept, split=split)
+        return collect_attention_stats(
+            self.adapter, layer, index, batches, units, self.device, kept, split=split, dense=dense
+        )
 
     def apply_attention(self, layer, stats: AttentionStats, num_units: int, record: LayerPlan, kept) -> int:
         """Select and cut the heads on ``stats`` (taken on this layer while dense), fold the recovery in."""
@@ -104,14 +123,18 @@ class LayerPruner:
             record.attn_recovery = recovery
         return before - count_parameters(adapter.attention_module(layer))
 
-    def prune_mlp(self, layer, index: int, batches, num_channels: int, record: LayerPlan, kept) -> int:
-        stats = self.mlp_stats(layer, index, batches, kept)
+    def prune_mlp(
+        self, layer, index: int, batches, num_channels: int, record: LayerPlan, kept, dense: DenseStates | None = None
+    ) -> int:
+        stats = self.mlp_stats(layer, index, batches, kept, dense)
         return self.apply_mlp(layer, index, batches, stats, num_channels, record, kept)
 
-    def mlp_stats(self, layer, index: int, batches, kept: LayerActivations) -> MlpStats:
+    def mlp_stats(
+        self, layer, index: int, batches, kept: LayerActivations, dense: DenseStates | None = None
+    ) -> MlpStats:
         paired_pass, split = self.method.recovery.needs_output_pass, self.method.recovery.held_out_moments
         return collect_mlp_stats(
-            self.adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split
+            self.adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split, dense=dense
         )
 
     def apply_mlp(self, layer, index: int, batches, stats: MlpStats, num_channels: int, record: LayerPlan, kept) -> int:

@@ -248,23 +248,79 @@ def replaying(adapter: ModelAdapter, layer: nn.Module, kept: LayerActivations, *
         yield
 
 
+# -- the dense model alongside (--recovery ridge-dense) ---------------------------------------
+@dataclass
+class DenseStates:
+    """The dense model's hidden states at one layer, on its own inputs: ``after_attention[b]``
+    (the layer input plus the attention's output) and ``output[b]`` (the next layer's input)."""
+
+    after_attention: list[torch.Tensor]
+    output: list[LayerBatch]
+
+
+@torch.no_grad()
+def dense_states(adapter: ModelAdapter, layer, index: int, dense_inputs: list[LayerBatch]) -> DenseStates:
+    """Run the dense ``layer`` on the dense model's inputs. The family adds ``o_proj``'s output to
+    the residual stream as it is (``adapter.residual_outputs``), so the state after the attention
+    is the input plus that output."""
+    if not adapter.residual_outputs:
+        raise ValueError(f"{type(adapter).__name__}: the attention output is not added to the residual as it is")
+    attention_outputs = []
+
+    def grab(_module, _args, out):
+        attention_outputs.append(out.detach())
+
+    with hooks(lambda: adapter.attention(layer).o_proj.register_forward_hook(grab)):
+        outputs = run_layer(layer, index, dense_inputs)
+    after = [batch.hidden + out for batch, out in zip(dense_inputs, attention_outputs, strict=True)]
+    return DenseStates(after, outputs)
+
+
+def _difference(a: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """a − Σ others in float64 (the states are close; their low-precision difference is not)."""
+    out = a.to(torch.float64)
+    for other in others:
+        out = out - other.to(out.device, torch.float64)
+    return out
+
+
+def _joined(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x.to(torch.float64), target.to(x.device)], dim=-1)
+
+
 # -- the statistics of one layer ---------------------------------------------------------------
 @torch.no_grad()
 def collect_attention_stats(
-    adapter: ModelAdapter, layer, index: int, batches, units, device, kept: LayerActivations, *, split: bool = False
+    adapter: ModelAdapter,
+    layer,
+    index: int,
+    batches,
+    units,
+    device,
+    kept: LayerActivations,
+    *,
+    split: bool = False,
+    dense: DenseStates | None = None,
 ) -> AttentionStats:
     """The moments of the ``o_proj`` input (with ``split``, also apart for held-out batches);
     its activations are kept when ``kept`` says so and the family's heads are independent
-    (replaying them after the surgery is then exact)."""
+    (replaying them after the surgery is then exact). With ``dense``, the held-out-apart moments
+    are those of [x, t], t = the dense model's state after the attention − this layer's input."""
     parts = adapter.attention(layer)
     where = f"o_proj input of layer {index}"
-    moments = Moments(parts.o_proj.in_features, device, where=where)
-    held_out = HeldOutMoments(parts.o_proj.in_features, len(batches), device, where) if split else None
+    width = parts.o_proj.in_features
+    target_dims = parts.o_proj.out_features if dense is not None else 0
+    moments = Moments(width, device, where=where)
+    held_out = HeldOutMoments(width + target_dims, len(batches), device, where) if split or dense is not None else None
     store = [] if kept.keeping and adapter.heads_independent else None
+    batch_number = itertools.count()
 
     def grab(_module, args):
         moments.update(args[0])
-        if held_out is not None:
+        number = next(batch_number)
+        if dense is not None:
+            held_out.update(_joined(args[0], _difference(dense.after_attention[number], batches[number].hidden)))
+        elif held_out is not None:
             held_out.update(args[0])
         if store is not None:
             store.append(kept.store(args[0]))
@@ -274,7 +330,7 @@ def collect_attention_stats(
         run_layer(layer, index, batches, keep_outputs=False)
     kept.attention_input = store
     kept.note_size()
-    return AttentionStats(moments, parts, units, held_out)
+    return AttentionStats(moments, parts, units, held_out, target_dims=target_dims)
 
 
 @torch.no_grad()
@@ -288,32 +344,44 @@ def collect_mlp_stats(
     *,
     paired_pass: bool,
     split: bool = False,
+    dense: DenseStates | None = None,
 ) -> MlpStats:
     """The moments of the FFN's input, hidden activations and output (with ``split``, also the
     full covariance of the hidden activations, held-out batches apart), the attention replayed
     from ``kept``; keeps the ``down_proj`` inputs (and, for ``paired_pass``, its outputs) and,
-    where the attention ran, the ``o_proj`` inputs."""
+    where the attention ran, the ``o_proj`` inputs. With ``dense``, the held-out-apart moments are
+    those of [H, t], t = the dense model's layer output − this layer's state after its attention."""
     parts = adapter.mlp(layer)
     mlp_module = adapter.mlp_module(layer)
     where = f"FFN of layer {index}"
     d = parts.down_proj.out_features
+    target_dims = d if dense is not None else 0
     inputs = Moments(d, device, full=False, where=where)
     hidden = Moments(parts.width, device, full=False, where=where)
     output = Moments(d, device, where=where)
-    hidden_split = HeldOutMoments(parts.width, len(batches), device, where) if split else None
+    split = split or dense is not None
+    hidden_split = HeldOutMoments(parts.width + target_dims, len(batches), device, where) if split else None
     hidden_store = [] if kept.keeping else None
     output_store = [] if kept.keeping and paired_pass else None
     attention_store = [] if kept.keeping and kept.attention_input is None else None
+    batch_number, attention_output = itertools.count(), {}
 
     def grab_attention(_module, args):
         attention_store.append(kept.store(args[0]))
+
+    def grab_attention_output(_module, _args, out):
+        attention_output["current"] = out
 
     def grab_input(_module, args):
         inputs.update(args[0])
 
     def grab_hidden(_module, args):
         hidden.update(args[0])
-        if hidden_split is not None:
+        if dense is not None:
+            number = next(batch_number)
+            target = _difference(dense.output[number].hidden, batches[number].hidden, attention_output.pop("current"))
+            hidden_split.update(_joined(args[0], target))
+        elif hidden_split is not None:
             hidden_split.update(args[0])
         if hidden_store is not None:
             hidden_store.append(kept.store(args[0]))
@@ -331,13 +399,15 @@ def collect_mlp_stats(
     ]
     if attention_store is not None:
         registrations.append(lambda: adapter.attention(layer).o_proj.register_forward_pre_hook(grab_attention))
+    if dense is not None:
+        registrations.append(lambda: adapter.attention(layer).o_proj.register_forward_hook(grab_attention_output))
     with replaying(adapter, layer, kept, mlp=False), hooks(*registrations):
         run_layer(layer, index, batches, keep_outputs=False)
     if attention_store is not None:
         kept.attention_input = attention_store
     kept.mlp_hidden, kept.mlp_output = hidden_store, output_store
     kept.note_size()
-    return MlpStats(inputs, hidden, output, parts, hidden_split)
+    return MlpStats(inputs, hidden, output, parts, hidden_split, target_dims=target_dims)
 
 
 def _paired_update(moments, hidden, dense, index, kept_weight, bias) -> None:

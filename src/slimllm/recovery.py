@@ -8,6 +8,8 @@ row scale and a new bias (:func:`slimllm.surgery.fold_into_linear`). All statist
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from slimllm.plan import Recovery
@@ -63,61 +65,101 @@ def bias_compensation(input_mean: torch.Tensor, weight: torch.Tensor, removed_in
     return Recovery(scale=torch.ones(w.shape[0], dtype=torch.float64, device=w.device), bias=bias)
 
 
-# -- least squares beyond the paper (option ``--recovery ridge``) ---------------------------------
+# -- least squares beyond the paper (options ``--recovery ridge`` and ``ridge-dense``) ----------
 RIDGE_PENALTIES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)  # times the mean variance of the kept inputs
 
 
-def ridge_solution(inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor, penalty: float):
-    """The ridge refit of a linear layer onto its own dense output from its kept inputs only:
-    argmin_{B, c} E‖x_K B + c − (x Wᵀ + b)‖² + λ‖B‖², λ = ``penalty`` · mean Var(x_K), i.e.
-    B = (Σ_KK + λI)⁻¹ Σ_K· Wᵀ and c = μ Wᵀ + b − μ_K B. Returns (B, c), float64."""
+@dataclass(frozen=True)
+class Target:
+    """What a refit aims at, as a linear function of the rows z the moments describe:
+    the target of a token is ``z @ map + offset``. For its own dense output (``--recovery ridge``)
+    z is the projection's input x and the map is Wᵀ; for the dense model's hidden state
+    (``ridge-dense``) z = [x, t] and the map picks t."""
+
+    map: torch.Tensor  # (dim z, outputs), float64
+    offset: torch.Tensor  # (outputs,), float64
+
+    @classmethod
+    def own_output(cls, weight: torch.Tensor, bias: torch.Tensor, extra_rows: int = 0) -> Target:
+        """x Wᵀ + b, z holding x first and ``extra_rows`` other features after it."""
+        return cls(torch.cat([weight.T, weight.new_zeros(extra_rows, weight.shape[0])]), bias)
+
+    @classmethod
+    def trailing(cls, input_dim: int, outputs: int, like: torch.Tensor) -> Target:
+        """t, the last ``outputs`` features of z = [x, t]."""
+        eye = torch.eye(outputs, dtype=torch.float64, device=like.device)
+        return cls(torch.cat([like.new_zeros(input_dim, outputs), eye]), like.new_zeros(outputs))
+
+
+def ridge_solution(inputs: Moments, target: Target, kept: torch.Tensor, penalty: float):
+    """The ridge fit of ``target`` from the kept inputs z_K only:
+    argmin_{B, c} E‖z_K B + c − (z M + m)‖² + λ‖B‖², λ = ``penalty`` · mean Var(z_K), i.e.
+    B = (Σ_KK + λI)⁻¹ Σ_K· M and c = μ M + m − μ_K B. Returns (B, c), float64."""
     sigma, mu = inputs.covariance, inputs.mean
     s_kk = sigma[kept][:, kept]
     ridge = penalty * s_kk.diagonal().mean().clamp(min=1e-30)
     eye = torch.eye(len(kept), dtype=s_kk.dtype, device=s_kk.device)
-    solution = torch.linalg.solve(s_kk + ridge * eye, sigma[kept] @ weight.T)
-    offset = mu @ weight.T + bias - mu[kept] @ solution
+    solution = torch.linalg.solve(s_kk + ridge * eye, sigma[kept] @ target.map)
+    offset = mu @ target.map + target.offset - mu[kept] @ solution
     return solution, offset
 
 
-def expected_error(
-    inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor, solution, offset
-) -> float:
-    """E‖x_K B + c − (x Wᵀ + b)‖² over the inputs the moments describe:
-    tr(Dᵀ Σ D) + ‖μ D + c − b‖² with D = E_K B − Wᵀ (E_K puts B's rows back at K)."""
-    d = -weight.T.clone()
+def expected_error(inputs: Moments, target: Target, kept: torch.Tensor, solution, offset) -> float:
+    """E‖z_K B + c − (z M + m)‖² over the rows the moments describe:
+    tr(Dᵀ Σ D) + ‖μ D + c − m‖² with D = E_K B − M (E_K puts B's rows back at K)."""
+    d = -target.map.clone()
     d[kept] += solution
     sigma, mu = inputs.covariance, inputs.mean
-    return float((d * (sigma @ d)).sum() + ((mu @ d + offset - bias) ** 2).sum())
+    return float((d * (sigma @ d)).sum() + ((mu @ d + offset - target.offset) ** 2).sum())
 
 
-def ridge_refit(split: HeldOutMoments, linear: torch.nn.Linear, kept: list[int]) -> tuple[Recovery, dict]:
+def column_solution(inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor, target: Target):
+    """The paper's per-column fit, towards ``target``, as a full solution (B, c): column c of
+    the kept-input output Ô = z_K W_Kᵀ + b is scaled and shifted to fit column c of the target."""
+    v_kept = weight[:, kept].T
+    sigma, mu = inputs.covariance, inputs.mean
+    cov = (v_kept * (sigma[kept] @ target.map)).sum(0)
+    var = (v_kept * (sigma[kept][:, kept] @ v_kept)).sum(0)
+    fit = affine_fit(mu @ target.map + target.offset, mu[kept] @ v_kept + bias, var, cov)
+    return v_kept * fit.scale, fit.bias + fit.scale * bias
+
+
+def ridge_refit(
+    split: HeldOutMoments, linear: torch.nn.Linear, kept: list[int], target_dims: int = 0
+) -> tuple[Recovery, dict]:
     """Refit ``linear`` (dense, before pruning) on its ``kept`` inputs by ridge regression.
+
+    With ``target_dims == 0`` the moments are those of the input x and the target is the
+    layer's own dense output x Wᵀ + b. With ``target_dims > 0`` they are those of z = [x, t],
+    t being the dense model's hidden state less the pruned model's residual (``ridge-dense``);
+    the target is t, and the fits towards x Wᵀ + b compete too.
 
     Candidates: the ridge solution for each of :data:`RIDGE_PENALTIES` and the paper's
     per-column regression, each fitted on the fitting batches and scored by its expected squared
-    error on the held-out batches; the best is fitted again on all batches. Returns the recovery
-    (a full weight and a bias) and what was chosen."""
+    error to the target on the held-out batches; the best is fitted again on all batches.
+    Returns the recovery (a full weight and a bias) and what was chosen."""
     device = split.fit.mean.device
     weight = linear.weight.detach().to(device, torch.float64)
     bias = weight.new_zeros(weight.shape[0])
     if linear.bias is not None:
         bias = linear.bias.detach().to(device, torch.float64)
     index = torch.tensor(kept, dtype=torch.long, device=device)
+    own = Target.own_output(weight, bias, target_dims)
+    goal = Target.trailing(weight.shape[1], target_dims, weight) if target_dims else own
+    aims = {"": own} if not target_dims else {"": own, "dense-": goal}
 
-    def column(moments: Moments):
-        fit = column_regression(moments, weight, index)
-        return (weight[:, index] * fit.scale[:, None]).T, fit.bias + fit.scale * bias
-
-    candidates = {f"ridge:{p:g}": (lambda m, p=p: ridge_solution(m, weight, bias, index, p)) for p in RIDGE_PENALTIES}
-    candidates["column-regression"] = column
+    candidates = {}
+    for prefix, aim in aims.items():
+        for p in RIDGE_PENALTIES:
+            candidates[f"{prefix}ridge:{p:g}"] = lambda m, p=p, aim=aim: ridge_solution(m, aim, index, p)
+        candidates[f"{prefix}column-regression"] = lambda m, aim=aim: column_solution(m, weight, bias, index, aim)
     errors = {}
     if split.fit.count and split.held.count:
         for name, solve in candidates.items():
-            errors[name] = expected_error(split.held, weight, bias, index, *solve(split.fit))
+            errors[name] = expected_error(split.held, goal, index, *solve(split.fit))
         chosen = min(errors, key=errors.get)
     else:
-        chosen = "ridge:0.01"  # one batch only: nothing to hold out
+        chosen = "dense-ridge:0.01" if target_dims else "ridge:0.01"  # one batch only: nothing to hold out
     solution, offset = candidates[chosen](split.total)
     recovery = Recovery(scale=torch.ones_like(offset), bias=offset, weight=solution.T.contiguous(), fit=chosen)
     return recovery, {"chosen": chosen, "held_out_error": errors}

@@ -23,6 +23,9 @@ class AttentionStats:
     parts: AttentionParts
     units: list[list[int]]  # the query heads of each prunable unit
     o_input_split: HeldOutMoments | None = None  # the same, fitting and held-out batches apart
+    # > 0: o_input_split holds [x, t], t (this many features) the dense model's state after the
+    # attention less the pruned model's layer input (``--recovery ridge-dense``)
+    target_dims: int = 0
 
 
 @dataclass
@@ -32,6 +35,9 @@ class MlpStats:
     output: Moments  # FFN output Y, full covariance
     parts: MlpParts
     hidden_split: HeldOutMoments | None = None  # H's full covariance, fitting and held-out batches apart
+    # > 0: hidden_split holds [H, t], t the dense model's layer output less the pruned model's state
+    # after its attention (``--recovery ridge-dense``)
+    target_dims: int = 0
     # what criteria derive from these statistics alone, kept for the next count (the search asks for many)
     memo: dict = field(default_factory=dict, repr=False, compare=False)
 

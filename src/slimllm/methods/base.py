@@ -38,6 +38,7 @@ class RecoveryMethod(Protocol):
     adds_bias: bool  # folds a new bias into the pruned output projections (the target counts it)
     needs_output_pass: bool  # needs the paired dense/pruned FFN output moments
     held_out_moments: bool  # needs full input moments with held-out batches apart (stats.*_split)
+    dense_targets: bool  # aims at the dense model's hidden states (the walk runs it alongside)
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None: ...
 
@@ -49,6 +50,7 @@ class NoRecovery:
     adds_bias = False
     needs_output_pass = False
     held_out_moments = False
+    dense_targets = False  # aims at the dense model's hidden states: the walk runs the dense model alongside
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None:
         return None
@@ -84,13 +86,23 @@ class RidgeRecovery(NoRecovery):
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery:
         rows = head_rows(kept_heads, stats.parts.head_dim)
-        return ridge_refit(stats.o_input_split, stats.parts.o_proj, rows)[0]
+        return ridge_refit(stats.o_input_split, stats.parts.o_proj, rows, stats.target_dims)[0]
 
     def mlp(self, stats: MlpStats, kept: list[int], paired: PairedColumnMoments | None) -> Recovery:
-        return ridge_refit(stats.hidden_split, stats.parts.down_proj, kept)[0]
+        return ridge_refit(stats.hidden_split, stats.parts.down_proj, kept, stats.target_dims)[0]
 
 
-RECOVERIES = {"regression": RegressionRecovery, "ridge": RidgeRecovery}
+class DenseRidgeRecovery(RidgeRecovery):
+    """Beyond the paper: the ridge refit aims at the dense *model*'s hidden state rather than the
+    layer's own dense output on the pruned model's inputs, so each refit also corrects what the
+    layers before it lost. The fits towards the layer's own output compete on the same held-out
+    error. Families with norms after o_proj/down_proj (Gemma, OLMo 2) fall back to ``ridge``."""
+
+    name = "ridge-dense"
+    dense_targets = True
+
+
+RECOVERIES = {"regression": RegressionRecovery, "ridge": RidgeRecovery, "ridge-dense": DenseRidgeRecovery}
 
 
 # prepare(model, adapter, layer0_batches, windows, device): sees the whole dense model first

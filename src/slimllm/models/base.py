@@ -72,6 +72,9 @@ class ModelAdapter:
     # Each head's output depends on its own projections only, so the kept heads' part of the dense
     # attention output is what the pruned attention computes (not so for OLMo 2's q/k norms).
     heads_independent: bool = True
+    # o_proj's and down_proj's outputs are added to the residual stream as they are (no norm after
+    # them), so a refit of either can aim at the dense model's hidden state (``--recovery ridge-dense``).
+    residual_outputs: bool = True
 
     # -- conversion -------------------------------------------------------------------------
     def check_supported(self, config) -> None:

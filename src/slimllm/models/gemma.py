@@ -3,7 +3,8 @@ pre-attention scalar, soft-capping (Gemma 2), sliding-window and global layers.
 
 Nothing here needs more than the LLaMA names: the regression fits ``o_proj``/``down_proj``
 outputs, which come before the post-norms, and every other Gemma detail lives in the stock
-modules the pruned model is built from.
+modules the pruned model is built from. The post-norms do mean that those outputs are not added
+to the residual stream as they are, so ``--recovery ridge-dense`` refits them as ``ridge`` does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from slimllm.models.base import ModelAdapter
 
 class Gemma2Adapter(ModelAdapter):
     model_type = "gemma2"
+    residual_outputs = False
 
 
 class Gemma3TextAdapter(ModelAdapter):
     model_type = "gemma3_text"
+    residual_outputs = False

@@ -20,6 +20,7 @@ def _sliced_norm(norm: nn.Module, rows: list[int]) -> nn.Module:
 class Olmo2Adapter(ModelAdapter):
     model_type = "olmo2"
     heads_independent = False  # the q/k norms span every head
+    residual_outputs = False  # post-norms after the attention and the FFN
 
     def slice_head_parameters(self, layer: nn.Module, q_rows: list[int], kv_rows: list[int]) -> None:
         attn = layer.self_attn
