@@ -26,6 +26,7 @@ from prune_smollm2 import prune_process
 OPTIONS = {
     "default": [],
     "ridge": ["--recovery", "ridge"],
+    "ridge-dense": ["--recovery", "ridge-dense"],
     "search": ["--method", "slimllm@search"],
     "best": ["--preset", "best"],
     "flap": ["--method", "flap"],  # the strongest baseline, for the same seeds

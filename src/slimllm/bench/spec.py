@@ -32,12 +32,14 @@ ABLATION_FLAGS = {
 # Options beyond the paper, each an extra SlimLLM row against the paper-faithful default.
 OPTIONS: dict[str, dict] = {
     "ridge": {"recovery": "ridge"},
+    "ridge-dense": {"recovery": "ridge-dense"},
     "calib-128x512": {"nsamples": 128, "seqlen": 512},
     "search": {"method": "slimllm@search", "search_steps": PRESETS["best"]["search_steps"]},
     "best": PRESETS["best"],
 }
 OPTION_FLAGS = {
     "ridge": "--recovery ridge",
+    "ridge-dense": "--recovery ridge-dense",
     "calib-128x512": "--nsamples 128 --seqlen 512",
     "search": f"@search --search-steps {PRESETS['best']['search_steps']}",
     "best": "--preset best",
