@@ -204,6 +204,7 @@ def test_ridge_dense_aims_at_the_dense_model_and_replays_from_its_plan(tmp_path,
     torch.testing.assert_close(plan.layers[0].attn_recovery.weight, ridge_plan.layers[0].attn_recovery.weight)
     fits = [rec.fit for layer in plan.layers for rec in (layer.attn_recovery, layer.mlp_recovery) if rec]
     assert any(fit.startswith("dense-") for fit in fits)  # later layers correct what earlier ones lost
+    assert plan.report["recovery"] == {"kind": "ridge-dense", "aims_at_dense_model": True}
     out = slimllm.save(pruned, None, plan, tmp_path / "ridge-dense")
     rebuilt = slimllm.apply_plan(model, PrunePlan.load(out))
     expected = pruned.state_dict()
@@ -213,9 +214,11 @@ def test_ridge_dense_aims_at_the_dense_model_and_replays_from_its_plan(tmp_path,
 def test_ridge_dense_is_ridge_where_norms_follow_the_projections(calib_data):
     """Gemma's post-norms sit between o_proj/down_proj and the residual: no dense target there."""
     model = FAMILIES["gemma2"]()
-    states = [slimllm.prune(model, None, _config(recovery=kind), data=calib_data, progress=False)[0].state_dict()
-              for kind in ("ridge", "ridge-dense")]  # fmt: skip
+    runs = [slimllm.prune(model, None, _config(recovery=kind), data=calib_data, progress=False)
+            for kind in ("ridge", "ridge-dense")]  # fmt: skip
+    states = [pruned.state_dict() for pruned, _ in runs]
     assert all(torch.equal(states[0][k], v) for k, v in states[1].items())
+    assert runs[1][1].report["recovery"] == {"kind": "ridge-dense", "aims_at_dense_model": False}
 
 
 def test_every_family_loads_through_remote_code_without_slimllm(tmp_path, calib_data):

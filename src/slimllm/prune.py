@@ -196,6 +196,11 @@ def _report(
             "planned_removed": allocation.planned_removed,
             **({"search": allocation.search} if allocation.search is not None else {}),
         },
+        "recovery": {
+            "kind": pruner.method.recovery.name,
+            # ridge-dense aims at the dense model's states only where the projections feed the residual as they are
+            "aims_at_dense_model": pruner.dense_alongside,
+        },
         "layers": layer_rows,
         "activation_cache": {
             "cap_gib": config.cache_gb,
