@@ -39,6 +39,7 @@ class BiasCompensation:
     name = "bias-compensation"
     needs_output_pass = False
     held_out_moments = False
+    dense_targets = False
     adds_bias = True
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery:
