@@ -38,11 +38,17 @@ def column_regression(inputs: Moments, weight: torch.Tensor, kept: torch.Tensor)
     An existing bias shifts both outputs equally and cancels out of A and B."""
     v = weight.detach().to(torch.float64).T.to(inputs.mean.device)
     rows = kept.to(v.device)
-    sigma, mu = inputs.covariance, inputs.mean
     v_kept = v[rows]
-    cov = (v_kept * (sigma[rows] @ v)).sum(0)
-    var = (v_kept * (sigma[rows][:, rows] @ v_kept)).sum(0)
-    return affine_fit(mu @ v, mu[rows] @ v_kept, var, cov)
+    cov, var = _column_moments(inputs, rows, v_kept, v)
+    return affine_fit(inputs.mean @ v, inputs.mean[rows] @ v_kept, var, cov)
+
+
+def _column_moments(inputs: Moments, kept: torch.Tensor, v_kept: torch.Tensor, target_map: torch.Tensor):
+    """Per output column c, Cov(Ô_c, T_c) and Var(Ô_c) for Ô = z_K V_K and T = z M, from Σ of z."""
+    sigma = inputs.covariance
+    cov = (v_kept * (sigma[kept] @ target_map)).sum(0)
+    var = (v_kept * (sigma[kept][:, kept] @ v_kept)).sum(0)
+    return cov, var
 
 
 def attention_regression(o_input: Moments, o_weight: torch.Tensor, kept_heads: list[int], head_dim: int) -> Recovery:
@@ -117,9 +123,8 @@ def column_solution(inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, k
     """The paper's per-column fit, towards ``target``, as a full solution (B, c): column c of
     the kept-input output Ô = z_K W_Kᵀ + b is scaled and shifted to fit column c of the target."""
     v_kept = weight[:, kept].T
-    sigma, mu = inputs.covariance, inputs.mean
-    cov = (v_kept * (sigma[kept] @ target.map)).sum(0)
-    var = (v_kept * (sigma[kept][:, kept] @ v_kept)).sum(0)
+    mu = inputs.mean
+    cov, var = _column_moments(inputs, kept, v_kept, target.map)
     fit = affine_fit(mu @ target.map + target.offset, mu[kept] @ v_kept + bias, var, cov)
     return v_kept * fit.scale, fit.bias + fit.scale * bias
 
