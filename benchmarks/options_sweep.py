@@ -28,6 +28,7 @@ OPTIONS = {
     "ridge": ["--recovery", "ridge"],
     "ridge-dense": ["--recovery", "ridge-dense"],
     "search": ["--method", "slimllm@search"],
+    "search-ridge": "--method slimllm@search --recovery ridge --search-steps 40 --search-minutes 8".split(),
     "best": ["--preset", "best"],
     "flap": ["--method", "flap"],  # the strongest baseline, for the same seeds
 }
@@ -58,6 +59,7 @@ def point(ratio: float, option: str, size: str, seed: int, limit: int) -> dict:
             "command": "slimllm prune " + " ".join(arguments),
             "ppl": perplexity(output, limit),
             "prune_s": report["seconds"]["total"],
+            "prune_phases_s": {k: round(v, 1) for k, v in report["seconds"].items()},
             "process_wall_s": wall,
             "peak_rss_mib": rss,
             "realised_ratio": report["params"]["realised_ratio"],

@@ -67,7 +67,7 @@ def test_an_option_given_overrides_the_preset_even_when_it_repeats_the_default(o
     args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3", *tail])
     config = config_from_args(args)
     assert config.recovery == "regression"
-    assert config.method == PruneConfig.from_preset("best", ratio=0.3).method
+    assert config.nsamples == PruneConfig.from_preset("best", ratio=0.3).nsamples != PruneConfig().nsamples
 
 
 def test_an_unknown_preset_is_named():

@@ -203,6 +203,19 @@ def test_bench_writes_every_output_and_resumes(tmp_path, count_prunes, monkeypat
     assert len(count_prunes) == 5
 
 
+def test_a_cell_is_measured_again_when_its_row_now_means_other_settings(tmp_path):
+    """A preset redefined keeps its label and key: the recorded settings decide, not the name."""
+    spec = _spec(tmp_path / "out", options=["best"])
+    bench = bench_runner.Bench(spec, **_inputs())
+    cell = next(c for c in spec.cells() if c.kind == "option")
+    record = {"status": "done", "fingerprint": spec.fingerprint(), "config": prune_config(spec, cell).to_dict()}
+    assert bench.is_finished(cell, record)
+    older = {**record, "config": {k: v for k, v in record["config"].items() if k != "search_minutes"}}
+    assert bench.is_finished(cell, older)  # a field added since: its default is what ran then
+    for changed in ({"recovery": "regression"}, {"nsamples": 32}, {"search_minutes": 7.0}, {"retired_field": 1}):
+        assert not bench.is_finished(cell, {**record, "config": {**record["config"], **changed}}), changed
+
+
 def test_budget_stops_before_new_cells(tmp_path, count_prunes):
     results = run_bench(_spec(tmp_path / "out", budget_minutes=0), **_inputs())
     assert count_prunes == [] and results["skipped"][0] == "dense" and len(results["skipped"]) == 3

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from slimllm.bench import measure
 from slimllm.bench.files import CELLS_DIR, FORMAT_VERSION, RESULTS_JSON, write_record
 from slimllm.bench.spec import BenchSpec, Cell
-from slimllm.config import PruneConfig
+from slimllm.config import ConfigError, PruneConfig
 from slimllm.eval.harness import zero_shot_with
 from slimllm.eval.ppl import perplexity_of_stream
 from slimllm.runtime import count_parameters, release_memory
@@ -49,6 +49,15 @@ def _captured_logs(name: str = "slimllm") -> Iterator[list[str]]:
 
 def prune_config(spec: BenchSpec, cell: Cell) -> PruneConfig:
     return PruneConfig(ratio=cell.ratio, seed=cell.seed, **{**spec.prune_overrides(), **cell.overrides})
+
+
+def _recorded_config(record: dict) -> PruneConfig | None:
+    """The settings a cell was pruned with; a field added since takes its default, which is
+    what the code did before the field existed."""
+    try:
+        return PruneConfig.from_dict(record.get("config") or {})
+    except (ConfigError, TypeError):
+        return None
 
 
 def compact_zero_shot(result: dict | None) -> dict | None:
@@ -108,6 +117,9 @@ class Bench:
 
     def is_finished(self, cell: Cell, record: dict | None) -> bool:
         if record is None or record.get("status") != "done" or record.get("fingerprint") != self.fingerprint:
+            return False
+        # A row's settings can change under the same label (a preset redefined): measure it again.
+        if cell.kind != "dense" and _recorded_config(record) != prune_config(self.spec, cell):
             return False
         wants_tasks = cell.zero_shot and bool(self.spec.tasks)
         return not wants_tasks or record.get("eval", {}).get("zero_shot") is not None
@@ -272,7 +284,7 @@ class Bench:
                 if record.get("speed") and record.get("shape_signature"):
                     self._speed_cache.setdefault(record["shape_signature"], record["speed"])
             else:
-                if compute and record is not None and record.get("fingerprint") != self.fingerprint and not self.redo:
+                if compute and record is not None and record.get("status") == "done" and not self.redo:
                     self.log(f"bench: settings changed since {cell.key} was measured; measuring it again")
                 todo.append(cell)
         self.log(f"bench: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")

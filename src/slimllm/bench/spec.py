@@ -30,18 +30,26 @@ ABLATION_FLAGS = {
     "keep-lowest-0": "--keep-lowest 0",
 }
 # Options beyond the paper, each an extra SlimLLM row against the paper-faithful default.
+SEARCH_STEPS = 40  # a fixed number of candidates: the same model on any machine
 OPTIONS: dict[str, dict] = {
     "ridge": {"recovery": "ridge"},
     "ridge-dense": {"recovery": "ridge-dense"},
     "calib-128x512": {"nsamples": 128, "seqlen": 512},
-    "search": {"method": "slimllm@search", "search_steps": PRESETS["best"]["search_steps"]},
+    "search": {"method": "slimllm@search", "search_steps": SEARCH_STEPS},
+    "search-ridge": {
+        "method": "slimllm@search",
+        "recovery": "ridge",
+        "search_steps": SEARCH_STEPS,
+        "search_minutes": 8.0,
+    },
     "best": PRESETS["best"],
 }
 OPTION_FLAGS = {
     "ridge": "--recovery ridge",
     "ridge-dense": "--recovery ridge-dense",
     "calib-128x512": "--nsamples 128 --seqlen 512",
-    "search": f"@search --search-steps {PRESETS['best']['search_steps']}",
+    "search": f"@search --search-steps {SEARCH_STEPS}",
+    "search-ridge": f"@search --recovery ridge --search-steps {SEARCH_STEPS}",
     "best": "--preset best",
 }
 

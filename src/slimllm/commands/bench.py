@@ -70,8 +70,8 @@ def register(subparsers) -> None:
         "--options",
         type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
         default=[],
-        help="add SlimLLM rows beyond the paper (first seed): ridge (--recovery ridge), calib-128x512, "
-        "search (--method slimllm@search), best (--preset best)",
+        help="add SlimLLM rows beyond the paper (first seed): ridge (--recovery ridge), ridge-dense, "
+        "calib-128x512, search (--method slimllm@search), search-ridge (both), best (--preset best)",
     )
     p.add_argument("--round-to", type=_ints, default=[], help="add 'slimllm --round-to N' rows, e.g. 8 or 8,64")
     g = p.add_argument_group("evaluation")
