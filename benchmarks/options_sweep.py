@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ OPTIONS = {
     "ridge": ["--recovery", "ridge"],
     "ridge-dense": ["--recovery", "ridge-dense"],
     "search": ["--method", "slimllm@search"],
-    "search-ridge": "--method slimllm@search --recovery ridge --search-steps 40 --search-minutes 8".split(),
+    "search-ridge": shlex.split("--method slimllm@search --recovery ridge --search-steps 40 --search-minutes 8"),
     "best": ["--preset", "best"],
     "flap": ["--method", "flap"],  # the strongest baseline, for the same seeds
 }
