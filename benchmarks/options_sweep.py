@@ -28,8 +28,10 @@ OPTIONS = {
     "default": [],
     "ridge": ["--recovery", "ridge"],
     "ridge-dense": ["--recovery", "ridge-dense"],
+    "ridge-layer": ["--recovery", "ridge-layer"],
     "search": ["--method", "slimllm@search"],
     "search-ridge": shlex.split("--method slimllm@search --recovery ridge --search-steps 40 --search-minutes 8"),
+    "obs-ridge": ["--method", "obs", "--recovery", "ridge"],
     "best": ["--preset", "best"],
     "flap": ["--method", "flap"],  # the strongest baseline, for the same seeds
 }

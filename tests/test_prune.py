@@ -61,9 +61,11 @@ def _masked_dense(model, plan):
     return masked
 
 
+@pytest.mark.parametrize("method", ["slimllm", "obs"])
 @pytest.mark.parametrize("gqa", ["query", "group"])
-def test_pruned_equals_masked_dense_before_regression(tiny_model, calib_data, gqa):
-    pruned, plan = slimllm.prune(tiny_model, None, _config(gqa=gqa, regression=False), data=calib_data, progress=False)
+def test_pruned_equals_masked_dense_before_regression(tiny_model, calib_data, gqa, method):
+    config = _config(gqa=gqa, method=method, regression=False)
+    pruned, plan = slimllm.prune(tiny_model, None, config, data=calib_data, progress=False)
     assert any(len(r.kept_heads) < 6 for r in plan.layers) and any(len(r.kept_channels) < 80 for r in plan.layers)
     if gqa == "group":
         assert all(len(r.kept_heads) == 3 * len(r.kept_kv_heads) for r in plan.layers)
@@ -209,6 +211,19 @@ def test_ridge_dense_aims_at_the_dense_model_and_replays_from_its_plan(tmp_path,
     rebuilt = slimllm.apply_plan(model, PrunePlan.load(out))
     expected = pruned.state_dict()
     assert all(torch.equal(expected[k], v) for k, v in rebuilt.state_dict().items())
+
+
+def test_ridge_layer_aims_the_ffn_at_the_dense_layer_on_the_pruned_inputs(calib_data):
+    """The attention's own dense output and the dense layer's state after it are the same target
+    (so every attention refit is plain ridge's, given the same inputs); the FFN's differs."""
+    model = tiny_llama()
+    config = _config(recovery="ridge-layer")
+    pruned, plan = slimllm.prune(model, None, config, data=calib_data, progress=False)
+    assert plan.report["recovery"] == {"kind": "ridge-layer", "aims_at_dense_model": True}
+    ridge, ridge_plan = slimllm.prune(model, None, _config(recovery="ridge"), data=calib_data, progress=False)
+    assert count_parameters(pruned) == count_parameters(ridge)
+    torch.testing.assert_close(plan.layers[0].attn_recovery.weight, ridge_plan.layers[0].attn_recovery.weight)
+    assert any(layer.mlp_recovery.fit.startswith("dense-") for layer in plan.layers if layer.mlp_recovery)
 
 
 def test_ridge_dense_is_ridge_where_norms_follow_the_projections(calib_data):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 GQA_MODES = ("query", "group")
 RATIO_OF = ("all", "decoder")
-RECOVERY_KINDS = ("regression", "ridge", "ridge-dense")
+RECOVERY_KINDS = ("regression", "ridge", "ridge-dense", "ridge-layer")
 
 
 class ConfigError(ValueError):
@@ -76,7 +76,8 @@ class PruneConfig:
         metadata={
             "help": "regression (the paper's per-column fit); beyond the paper, ridge (o_proj/down_proj "
             "refitted by ridge regression onto their own dense outputs, the penalty chosen on held-out "
-            "calibration windows) or ridge-dense (the same, aiming at the dense model's hidden states)",
+            "calibration windows), ridge-dense (the same, aiming at the dense model's hidden states) or "
+            "ridge-layer (down_proj aiming at the dense layer's output on the pruned inputs)",
             "choices": RECOVERY_KINDS,
         },
     )

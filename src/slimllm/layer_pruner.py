@@ -55,8 +55,11 @@ class LayerPruner:
         kept = self.activations(index, layer, batches, bool(planned_units or planned_channels))
         dense = None
         if self.dense_alongside:
-            dense = dense_states(self.adapter, layer, index, self.dense_inputs or batches)
-            self.dense_inputs = dense.output
+            if self.method.recovery.dense_inputs:
+                dense = dense_states(self.adapter, layer, index, self.dense_inputs or batches)
+                self.dense_inputs = dense.output
+            else:
+                dense = dense_states(self.adapter, layer, index, batches)
         if planned_units:
             removed = self.prune_attention(layer, index, batches, planned_units, record, kept, dense)
             self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
@@ -132,7 +135,8 @@ class LayerPruner:
     def mlp_stats(
         self, layer, index: int, batches, kept: LayerActivations, dense: DenseStates | None = None
     ) -> MlpStats:
-        paired_pass, split = self.method.recovery.needs_output_pass, self.method.recovery.held_out_moments
+        paired_pass = self.method.recovery.needs_output_pass
+        split = self.method.recovery.held_out_moments or getattr(self.method.channels, "needs_full_moments", False)
         return collect_mlp_stats(
             self.adapter, layer, index, batches, self.device, kept, paired_pass=paired_pass, split=split, dense=dense
         )

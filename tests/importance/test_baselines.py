@@ -245,7 +245,7 @@ def _config(**overrides):
 
 
 def test_method_names_and_allocations():
-    assert available_methods() == ["slimllm", "magnitude", "wanda-sp", "flap", "taylor", "random"]
+    assert available_methods() == ["slimllm", "obs", "magnitude", "wanda-sp", "flap", "taylor", "random"]
     assert parse_method("wanda-sp@eq11") == ("wanda-sp", "eq11")
     assert parse_method("magnitude@slimllm") == ("magnitude", "eq11")
     expected = {"magnitude": "uniform", "wanda-sp": "uniform", "taylor": "uniform", "random": "uniform", "flap": "flap"}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from slimllm.allocation import eq11_allocator
 from slimllm.config import PruneConfig
-from slimllm.methods import flap, simple, slimllm, taylor  # noqa: F401  (each registers its method, in this order)
+from slimllm.methods import flap, obs, simple, slimllm, taylor  # noqa: F401  (each registers its method, in this order)
 from slimllm.methods.base import REGISTRY, Method, MethodSpec, NoRecovery, RegressionRecovery, register
 
 ALLOCATIONS = ("uniform", "eq11", "flap", "search")
@@ -19,7 +19,7 @@ _ALLOCATION_ALIASES = {"slimllm": "eq11", "slimllm-ratios": "eq11"}
 
 
 # The order of help texts and benchmark tables: SlimLLM, then the baselines from the simplest.
-_LISTING_ORDER = ("slimllm", "magnitude", "wanda-sp", "flap", "taylor", "random")
+_LISTING_ORDER = ("slimllm", "obs", "magnitude", "wanda-sp", "flap", "taylor", "random")
 
 
 def available_methods() -> list[str]:

@@ -100,9 +100,24 @@ class DenseRidgeRecovery(RidgeRecovery):
 
     name = "ridge-dense"
     dense_targets = True
+    dense_inputs = True  # the dense model runs alongside on its own inputs
 
 
-RECOVERIES = {"regression": RegressionRecovery, "ridge": RidgeRecovery, "ridge-dense": DenseRidgeRecovery}
+class LayerRidgeRecovery(DenseRidgeRecovery):
+    """Beyond the paper: the ``down_proj`` refit aims at the dense *layer*'s output on the pruned
+    model's inputs, so the FFN also makes up for what the same layer's attention lost; errors of
+    earlier layers are not chased (``ridge-dense`` chases them)."""
+
+    name = "ridge-layer"
+    dense_inputs = False
+
+
+RECOVERIES = {
+    "regression": RegressionRecovery,
+    "ridge": RidgeRecovery,
+    "ridge-dense": DenseRidgeRecovery,
+    "ridge-layer": LayerRidgeRecovery,
+}
 
 
 # prepare(model, adapter, layer0_batches, windows, device): sees the whole dense model first
