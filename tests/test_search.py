@@ -129,11 +129,15 @@ def test_every_candidate_meets_the_budget(ratio):
     assert space.step[0] == 48 and space.tolerance == 48 * 3 * 576 / 2
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])
-def test_search_hits_the_target_as_the_eq11_solver_does(make):
+@pytest.mark.parametrize(
+    ("make", "method"),
+    [(tiny_llama, "slimllm@search"), (tiny_qwen2, "slimllm@search"), (tiny_llama, "obs@search")],
+    ids=["llama", "qwen2", "llama-obs"],
+)
+def test_search_hits_the_target_as_the_eq11_solver_does(make, method):
     model, data = make(), _windows()
     dense = sum(p.numel() for p in model.parameters())
-    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", search_steps=25)
+    config = PruneConfig(ratio=0.3, batch_size=BATCH, method=method, search_steps=25)
     slim, plan = prune(model, config=config, data=data, progress=False)
     report = plan.report
     allocation, search = report["allocation"], report["allocation"]["search"]
