@@ -219,7 +219,7 @@ def test_ridge_layer_aims_the_ffn_at_the_dense_layer_on_the_pruned_inputs(calib_
     model = tiny_llama()
     config = _config(recovery="ridge-layer")
     pruned, plan = slimllm.prune(model, None, config, data=calib_data, progress=False)
-    assert plan.report["recovery"] == {"kind": "ridge-layer", "aims_at_dense_model": True}
+    assert plan.report["recovery"] == {"kind": "ridge-layer", "aims_at_dense_model": False, "aims_at_dense_layer": True}
     ridge, ridge_plan = slimllm.prune(model, None, _config(recovery="ridge"), data=calib_data, progress=False)
     assert count_parameters(pruned) == count_parameters(ridge)
     torch.testing.assert_close(plan.layers[0].attn_recovery.weight, ridge_plan.layers[0].attn_recovery.weight)

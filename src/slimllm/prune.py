@@ -198,8 +198,10 @@ def _report(
         },
         "recovery": {
             "kind": pruner.method.recovery.name,
-            # ridge-dense aims at the dense model's states only where the projections feed the residual as they are
-            "aims_at_dense_model": pruner.dense_alongside,
+            # ridge-dense (ridge-layer) aims at the dense model's states (the dense layer's output) only
+            # where the projections feed the residual as they are
+            "aims_at_dense_model": pruner.dense_alongside and pruner.method.recovery.dense_inputs,
+            **({"aims_at_dense_layer": pruner.dense_alongside} if pruner.method.recovery.name == "ridge-layer" else {}),
         },
         "layers": layer_rows,
         "activation_cache": {

@@ -38,7 +38,8 @@ class RecoveryMethod(Protocol):
     adds_bias: bool  # folds a new bias into the pruned output projections (the target counts it)
     needs_output_pass: bool  # needs the paired dense/pruned FFN output moments
     held_out_moments: bool  # needs full input moments with held-out batches apart (stats.*_split)
-    dense_targets: bool  # aims at the dense model's hidden states (the walk runs it alongside)
+    dense_targets: bool  # aims at dense hidden states (the walk runs the dense layers alongside)
+    dense_inputs: bool  # with dense_targets: the dense layers run on the dense model's inputs, not the pruned ones
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None: ...
 
@@ -51,6 +52,7 @@ class NoRecovery:
     needs_output_pass = False
     held_out_moments = False
     dense_targets = False  # aims at the dense model's hidden states: the walk runs the dense model alongside
+    dense_inputs = False
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery | None:
         return None

@@ -40,6 +40,7 @@ class BiasCompensation:
     needs_output_pass = False
     held_out_moments = False
     dense_targets = False
+    dense_inputs = False
     adds_bias = True
 
     def attention(self, stats: AttentionStats, kept_heads: list[int]) -> Recovery:
