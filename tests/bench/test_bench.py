@@ -285,3 +285,12 @@ def test_cli_end_to_end_on_a_saved_model(tmp_path):
     assert results["rows"][0]["acc"]["n"] == 1 and results["command"].startswith("slimllm bench")
     assert main([*argv, "--report-only"]) == 0
     assert main(["bench", str(folder), "--out", str(out), "--ratios", "1.5"]) == 2
+
+
+def test_methods_beyond_the_paper_are_options_not_default_rows():
+    from slimllm.bench.spec import DEFAULT_METHODS, OPTIONS
+    from slimllm.methods import available_methods
+
+    assert "obs" in available_methods() and "obs" not in DEFAULT_METHODS
+    assert OPTIONS["obs-ridge"] == {"method": "obs", "recovery": "ridge"}
+    assert set(DEFAULT_METHODS) == set(available_methods()) - {"obs"}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from slimllm.config import PRESETS
 from slimllm.eval.settings import EvalSettings
 from slimllm.eval.task_table import TASKS
-from slimllm.methods import available_methods
+from slimllm.methods import REGISTRY, available_methods
 
 # SlimLLM's ablations (docs/method.md, the paper's Table 5) as PruneConfig overrides.
 ABLATIONS: dict[str, dict] = {
@@ -34,6 +34,8 @@ SEARCH_STEPS = 40  # a fixed number of candidates: the same model on any machine
 OPTIONS: dict[str, dict] = {
     "ridge": {"recovery": "ridge"},
     "ridge-dense": {"recovery": "ridge-dense"},
+    "ridge-layer": {"recovery": "ridge-layer"},
+    "obs-ridge": {"method": "obs", "recovery": "ridge"},
     "calib-128x512": {"nsamples": 128, "seqlen": 512},
     "search": {"method": "slimllm@search", "search_steps": SEARCH_STEPS},
     "search-ridge": {
@@ -47,6 +49,8 @@ OPTIONS: dict[str, dict] = {
 OPTION_FLAGS = {
     "ridge": "--recovery ridge",
     "ridge-dense": "--recovery ridge-dense",
+    "ridge-layer": "--recovery ridge-layer",
+    "obs-ridge": "--method obs --recovery ridge",
     "calib-128x512": "--nsamples 128 --seqlen 512",
     "search": f"@search --search-steps {SEARCH_STEPS}",
     "search-ridge": f"@search --recovery ridge --search-steps {SEARCH_STEPS}",
@@ -60,8 +64,8 @@ def option_label(name: str) -> str:
     return f"slimllm{flags}" if flags.startswith("@") else f"slimllm {flags}"
 
 
-# Every registered method (SlimLLM and the baselines), in listing order.
-DEFAULT_METHODS = tuple(available_methods())
+# Every registered method of the paper or a baseline, in listing order (not the beyond-paper ones: options).
+DEFAULT_METHODS = tuple(name for name in available_methods() if not REGISTRY[name].beyond_paper)
 
 
 @dataclass(frozen=True)

@@ -139,12 +139,15 @@ class Criteria:
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method: its name, a one-line summary, the layer ratios it was published with
-    (``eq11``, ``uniform`` or ``flap``) and how to build its criteria from a :class:`PruneConfig`."""
+    (``eq11``, ``uniform`` or ``flap``) and how to build its criteria from a :class:`PruneConfig`.
+    ``beyond_paper`` methods are options measured against SlimLLM (``slimllm bench --options``),
+    not rows of the default benchmark."""
 
     name: str
     summary: str
     default_allocation: str
     build: Callable[[PruneConfig], Criteria]
+    beyond_paper: bool = False
 
 
 @dataclass

@@ -13,4 +13,6 @@ def _obs(config) -> Criteria:
     return Criteria(ObsHeads(), ObsChannels(), RECOVERIES[config.recovery]() if config.regression else NoRecovery())
 
 
-register(MethodSpec("obs", "structured OBS: greedy least-squares error after refit (pair with ridge)", "eq11", _obs))
+register(
+    MethodSpec("obs", "structured OBS: greedy least-squares error after refit (pair with ridge)", "eq11", _obs, True)
+)
