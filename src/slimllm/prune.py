@@ -174,6 +174,8 @@ def _report(
     """What ``slimllm_report.json`` holds: settings, calibration, versions, realised parameter
     counts, the allocation, per-layer rows, kept activations, threads, timings (and GPU memory)."""
     cosine_cores, pruning_cores = cores
+    recovery = pruner.method.recovery
+    layer_targets = recovery.dense_targets and not recovery.dense_inputs  # ridge-layer
     report = {
         "settings": config.to_dict(),
         "calibration": calibration,
@@ -197,11 +199,11 @@ def _report(
             **({"search": allocation.search} if allocation.search is not None else {}),
         },
         "recovery": {
-            "kind": pruner.method.recovery.name,
-            # ridge-dense (ridge-layer) aims at the dense model's states (the dense layer's output) only
-            # where the projections feed the residual as they are
-            "aims_at_dense_model": pruner.dense_alongside and pruner.method.recovery.dense_inputs,
-            **({"aims_at_dense_layer": pruner.dense_alongside} if pruner.method.recovery.name == "ridge-layer" else {}),
+            "kind": recovery.name,
+            # dense targets (the dense model's states, or with the dense layers on the pruned inputs the
+            # dense layer's output) are used only where the projections feed the residual as they are
+            "aims_at_dense_model": pruner.dense_alongside and recovery.dense_inputs,
+            **({"aims_at_dense_layer": pruner.dense_alongside} if layer_targets else {}),
         },
         "layers": layer_rows,
         "activation_cache": {

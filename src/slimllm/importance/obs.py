@@ -59,15 +59,17 @@ def greedy_removal(
     return order, costs
 
 
+def _removal_cost(w: torch.Tensor, hinv: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """ΔE(S) = tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ)."""
+    w_s = w[:, s]
+    return (w_s * torch.linalg.solve(hinv[s][:, s], w_s.T).T).sum()
+
+
 def group_costs(covariance: torch.Tensor, weight: torch.Tensor, groups: list[list[int]], damping: float = DAMPING):
     """ΔE of removing each group alone (float64 tensor, one value per group)."""
     w = weight.detach().to(covariance.device, torch.float64)
     hinv = damped_inverse(covariance, damping)
-    costs = []
-    for g in groups:
-        s = torch.tensor(g, dtype=torch.long, device=w.device)
-        costs.append((w[:, s] * torch.linalg.solve(hinv[s][:, s], w[:, s].T).T).sum())
-    return torch.stack(costs)
+    return torch.stack([_removal_cost(w, hinv, torch.tensor(g, dtype=torch.long, device=w.device)) for g in groups])
 
 
 def greedy_group_removal(
@@ -83,9 +85,7 @@ def greedy_group_removal(
     for _ in range(num_remove):
         best, best_cost = None, None
         for g in remaining:
-            s = index[g]
-            w_s = w[:, s]
-            cost = float((w_s * torch.linalg.solve(hinv[s][:, s], w_s.T).T).sum())
+            cost = float(_removal_cost(w, hinv, index[g]))
             if best_cost is None or cost < best_cost:
                 best, best_cost = g, cost
         s = index[best]

@@ -122,6 +122,11 @@ RECOVERIES = {
 }
 
 
+def configured_recovery(config: PruneConfig) -> RecoveryMethod:
+    """The recovery ``--recovery`` names, or none with the ``--no-regression`` ablation."""
+    return RECOVERIES[config.recovery]() if config.regression else NoRecovery()
+
+
 # prepare(model, adapter, layer0_batches, windows, device): sees the whole dense model first
 Prepare = Callable[..., None]
 # allocator(cosines, costs, ratio_base, config) -> Allocation: the per-layer head/channel counts

@@ -6,11 +6,11 @@ which performs that refit. Layer ratios are Eq. 11's, as SlimLLM's."""
 from __future__ import annotations
 
 from slimllm.importance.obs import ObsChannels, ObsHeads
-from slimllm.methods.base import RECOVERIES, Criteria, MethodSpec, NoRecovery, register
+from slimllm.methods.base import Criteria, MethodSpec, configured_recovery, register
 
 
 def _obs(config) -> Criteria:
-    return Criteria(ObsHeads(), ObsChannels(), RECOVERIES[config.recovery]() if config.regression else NoRecovery())
+    return Criteria(ObsHeads(), ObsChannels(), configured_recovery(config))
 
 
 register(

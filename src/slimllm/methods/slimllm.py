@@ -5,14 +5,14 @@ feature-space channel importance, the per-column regression, and Eq. 11's layer 
 from __future__ import annotations
 
 from slimllm.importance import FeatureSpaceChannels, PearsonGreedyHeads
-from slimllm.methods.base import RECOVERIES, Criteria, MethodSpec, NoRecovery, register
+from slimllm.methods.base import Criteria, MethodSpec, configured_recovery, register
 
 
 def _slimllm(config) -> Criteria:
     return Criteria(
         PearsonGreedyHeads(greedy=config.greedy),
         FeatureSpaceChannels(feature_space=config.feature_space, keep_lowest=config.keep_lowest),
-        RECOVERIES[config.recovery]() if config.regression else NoRecovery(),
+        configured_recovery(config),
     )
 
 
