@@ -11,6 +11,7 @@ from slimllm.layer_walk import (
     collect_attention_stats,
     collect_mlp_stats,
     dense_states,
+    dense_states_with_attention_stats,
     propagate,
     replaying,
     run_layer,
@@ -106,6 +107,32 @@ def test_dense_states_are_the_models_hidden_states(family):
         for batch, after in zip(inputs, states.after_attention, strict=True):
             torch.testing.assert_close(after, _after_attention(layer, batch, index), rtol=1e-5, atol=1e-6)
         inputs = states.output
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_one_pass_gives_the_dense_states_and_the_attention_statistics_of_two(split):
+    adapter, layer, batches = _first_layer("llama")
+    units = [[0], [1], [2], [3]]
+    alone_kept, fused_kept = LayerActivations(device=torch.device("cpu")), LayerActivations(device=torch.device("cpu"))
+    states = dense_states(adapter, layer, 0, batches)
+    stats = collect_attention_stats(adapter, layer, 0, batches, units, "cpu", alone_kept, split=split)
+    calls = []
+    adapter.attention(layer).o_proj.register_forward_hook(lambda *_: calls.append("o_proj"))
+    fused_states, fused_stats = dense_states_with_attention_stats(
+        adapter, layer, 0, batches, units, "cpu", fused_kept, split=split
+    )
+    assert calls == ["o_proj"] * len(batches)  # one pass over the layer
+    for got, want in zip(fused_states.output, states.output, strict=True):
+        torch.testing.assert_close(got.hidden, want.hidden, rtol=0, atol=0)
+    torch.testing.assert_close(fused_stats.o_input.covariance, stats.o_input.covariance, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fused_stats.o_input.mean, stats.o_input.mean, rtol=1e-12, atol=1e-14)
+    assert fused_stats.units == units and (fused_stats.o_input_split is None) == (not split)
+    if split:
+        for part in ("fit", "held"):
+            got, want = getattr(fused_stats.o_input_split, part), getattr(stats.o_input_split, part)
+            torch.testing.assert_close(got.covariance, want.covariance, rtol=1e-12, atol=1e-14)
+    for got, want in zip(fused_kept.attention_input, alone_kept.attention_input, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_dense_states_are_refused_where_a_norm_follows_the_attention():

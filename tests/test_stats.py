@@ -28,6 +28,22 @@ def test_moments_match_numpy_in_uneven_batches():
     np.testing.assert_allclose(full.square_sum.numpy(), (x**2).sum(0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("full", [True, False])
+def test_leading_moments_are_those_of_the_first_features_alone(full):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6)) + 3.0
+    whole, first = Moments(6, full=full), Moments(4, full=full)
+    for batch in _batches(x, [50, 70]):
+        whole.update(batch)
+        first.update(batch[:, :4])
+    leading = whole.leading(4)
+    assert leading.count == first.count and leading.full == full
+    np.testing.assert_allclose(leading.mean.numpy(), first.mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(leading.covariance.numpy(), first.covariance.numpy(), rtol=1e-10, atol=1e-12)
+    leading.update(torch.from_numpy(x[:5, :4]))  # a copy: the whole is not changed by it
+    assert whole.count == 120
+
+
 def test_paired_moments_match_numpy():
     rng = np.random.default_rng(1)
     target = rng.normal(size=(200, 5)) * 3 + 1

@@ -17,6 +17,7 @@ from slimllm.layer_walk import (
     collect_mlp_stats,
     collect_paired_outputs,
     dense_states,
+    dense_states_with_attention_stats,
     propagate,
 )
 from slimllm.methods import Method
@@ -53,15 +54,25 @@ class LayerPruner:
         planned_units = self.allocation.units_to_prune[index]
         planned_channels = self.allocation.channels_to_prune[index]
         kept = self.activations(index, layer, batches, bool(planned_units or planned_channels))
-        dense = None
-        if self.dense_alongside:
-            if self.method.recovery.dense_inputs:
-                dense = dense_states(self.adapter, layer, index, self.dense_inputs or batches)
-                self.dense_inputs = dense.output
+        dense, attention_stats = None, None
+        if self.dense_alongside and self.method.recovery.dense_inputs:
+            dense = dense_states(self.adapter, layer, index, self.dense_inputs or batches)
+            self.dense_inputs = dense.output
+        elif self.dense_alongside:
+            # On the pruned model's own inputs, the dense state after the attention less the input
+            # is o_proj's own dense output, which the attention's ridge already aims at: only the
+            # dense layer's output is new, and the pass that yields it also takes the statistics.
+            if planned_units:
+                dense, attention_stats = dense_states_with_attention_stats(
+                    self.adapter, layer, index, batches, self.units(layer), self.device, kept,
+                    split=self.method.recovery.held_out_moments,
+                )  # fmt: skip
             else:
                 dense = dense_states(self.adapter, layer, index, batches)
         if planned_units:
-            removed = self.prune_attention(layer, index, batches, planned_units, record, kept, dense)
+            if attention_stats is None:
+                attention_stats = self.attention_stats(layer, index, batches, kept, dense)
+            removed = self.apply_attention(layer, attention_stats, planned_units, record, kept)
             self.surplus += removed - removed_params(self.costs[index], planned_units, 0, self.adds_bias)
         if planned_channels:
             # Spend or give back the surplus here, in whole channels, so the total stays on target.
@@ -96,19 +107,15 @@ class LayerPruner:
             self.recomputed_layers.append(index)
         return kept
 
-    def prune_attention(
-        self, layer, index: int, batches, num_units: int, record: LayerPlan, kept, dense: DenseStates | None = None
-    ) -> int:
-        stats = self.attention_stats(layer, index, batches, kept, dense)
-        return self.apply_attention(layer, stats, num_units, record, kept)
+    def units(self, layer) -> list[list[int]]:
+        return attention_units(self.adapter.attention(layer).query_to_kv, self.config.gqa)
 
     def attention_stats(
         self, layer, index: int, batches, kept: LayerActivations, dense: DenseStates | None = None
     ) -> AttentionStats:
-        units = attention_units(self.adapter.attention(layer).query_to_kv, self.config.gqa)
         split = self.method.recovery.held_out_moments
         return collect_attention_stats(
-            self.adapter, layer, index, batches, units, self.device, kept, split=split, dense=dense
+            self.adapter, layer, index, batches, self.units(layer), self.device, kept, split=split, dense=dense
         )
 
     def apply_attention(self, layer, stats: AttentionStats, num_units: int, record: LayerPlan, kept) -> int:

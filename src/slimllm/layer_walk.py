@@ -259,10 +259,12 @@ class DenseStates:
 
 
 @torch.no_grad()
-def dense_states(adapter: ModelAdapter, layer, index: int, dense_inputs: list[LayerBatch]) -> DenseStates:
-    """Run the dense ``layer`` on the dense model's inputs. The family adds ``o_proj``'s output to
-    the residual stream as it is (``adapter.residual_outputs``), so the state after the attention
-    is the input plus that output."""
+def dense_states(
+    adapter: ModelAdapter, layer, index: int, dense_inputs: list[LayerBatch], *registrations
+) -> DenseStates:
+    """Run the dense ``layer`` on the dense model's inputs (with the hooks of ``registrations``
+    in place). The family adds ``o_proj``'s output to the residual stream as it is
+    (``adapter.residual_outputs``), so the state after the attention is the input plus that output."""
     if not adapter.residual_outputs:
         raise ValueError(f"{type(adapter).__name__}: the attention output is not added to the residual as it is")
     attention_outputs = []
@@ -270,7 +272,7 @@ def dense_states(adapter: ModelAdapter, layer, index: int, dense_inputs: list[La
     def grab(_module, _args, out):
         attention_outputs.append(out.detach())
 
-    with hooks(lambda: adapter.attention(layer).o_proj.register_forward_hook(grab)):
+    with hooks(lambda: adapter.attention(layer).o_proj.register_forward_hook(grab), *registrations):
         outputs = run_layer(layer, index, dense_inputs)
     after = [batch.hidden + out for batch, out in zip(dense_inputs, attention_outputs, strict=True)]
     return DenseStates(after, outputs)
@@ -289,6 +291,54 @@ def _joined(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # -- the statistics of one layer ---------------------------------------------------------------
+class _AttentionRecorder:
+    """A pre-hook on ``o_proj`` that folds each batch's input into the attention statistics (see
+    :func:`collect_attention_stats`); :meth:`stats` gives them once every batch has passed."""
+
+    def __init__(self, adapter, layer, index, batches, units, device, kept, *, split, dense):
+        self.parts, self.units, self.kept, self.batches, self.dense = (
+            adapter.attention(layer),
+            units,
+            kept,
+            batches,
+            dense,
+        )
+        where = f"o_proj input of layer {index}"
+        self.width = self.parts.o_proj.in_features
+        self.target_dims = self.parts.o_proj.out_features if dense is not None else 0
+        split = split or dense is not None
+        # Where the held-out-apart moments are kept, the moments of x are their leading block
+        # (the same sums, merged): one Gram per token, not two.
+        self.moments = None if split else Moments(self.width, device, where=where)
+        self.held_out = HeldOutMoments(self.width + self.target_dims, len(batches), device, where) if split else None
+        self.store = [] if kept.keeping and adapter.heads_independent else None
+        self.batch_number = itertools.count()
+
+    def __call__(self, _module, args) -> None:
+        x = args[0]
+        number = next(self.batch_number)
+        if self.dense is not None:
+            self.held_out.update(
+                _joined(x, _difference(self.dense.after_attention[number], self.batches[number].hidden))
+            )
+        elif self.held_out is not None:
+            self.held_out.update(x)
+        else:
+            self.moments.update(x)
+        if self.store is not None:
+            self.store.append(self.kept.store(x))
+
+    def stats(self) -> AttentionStats:
+        self.kept.attention_input = self.store
+        self.kept.note_size()
+        moments = self.moments if self.held_out is None else self.held_out.total.leading(self.width)
+        return AttentionStats(moments, self.parts, self.units, self.held_out, target_dims=self.target_dims)
+
+
+def _stop(*_args) -> None:
+    raise StopForward
+
+
 @torch.no_grad()
 def collect_attention_stats(
     adapter: ModelAdapter,
@@ -306,31 +356,24 @@ def collect_attention_stats(
     its activations are kept when ``kept`` says so and the family's heads are independent
     (replaying them after the surgery is then exact). With ``dense``, the held-out-apart moments
     are those of [x, t], t = the dense model's state after the attention − this layer's input."""
-    parts = adapter.attention(layer)
-    where = f"o_proj input of layer {index}"
-    width = parts.o_proj.in_features
-    target_dims = parts.o_proj.out_features if dense is not None else 0
-    moments = Moments(width, device, where=where)
-    held_out = HeldOutMoments(width + target_dims, len(batches), device, where) if split or dense is not None else None
-    store = [] if kept.keeping and adapter.heads_independent else None
-    batch_number = itertools.count()
-
-    def grab(_module, args):
-        moments.update(args[0])
-        number = next(batch_number)
-        if dense is not None:
-            held_out.update(_joined(args[0], _difference(dense.after_attention[number], batches[number].hidden)))
-        elif held_out is not None:
-            held_out.update(args[0])
-        if store is not None:
-            store.append(kept.store(args[0]))
-        raise StopForward
-
-    with hooks(lambda: parts.o_proj.register_forward_pre_hook(grab)):
+    recorder = _AttentionRecorder(adapter, layer, index, batches, units, device, kept, split=split, dense=dense)
+    o_proj = recorder.parts.o_proj
+    with hooks(lambda: o_proj.register_forward_pre_hook(recorder), lambda: o_proj.register_forward_pre_hook(_stop)):
         run_layer(layer, index, batches, keep_outputs=False)
-    kept.attention_input = store
-    kept.note_size()
-    return AttentionStats(moments, parts, units, held_out, target_dims=target_dims)
+    return recorder.stats()
+
+
+@torch.no_grad()
+def dense_states_with_attention_stats(
+    adapter: ModelAdapter, layer, index: int, batches, units, device, kept: LayerActivations, *, split: bool = False
+) -> tuple[DenseStates, AttentionStats]:
+    """:func:`dense_states` on ``batches`` and :func:`collect_attention_stats` on the same
+    ``batches``, in one pass over the dense layer (the statistics pass stops at ``o_proj``; this
+    one goes on to the layer's output)."""
+    recorder = _AttentionRecorder(adapter, layer, index, batches, units, device, kept, split=split, dense=None)
+    o_proj = recorder.parts.o_proj
+    states = dense_states(adapter, layer, index, batches, lambda: o_proj.register_forward_pre_hook(recorder))
+    return states, recorder.stats()
 
 
 @torch.no_grad()

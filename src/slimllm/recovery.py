@@ -102,10 +102,12 @@ def ridge_solution(inputs: Moments, target: Target, kept: torch.Tensor, penalty:
     argmin_{B, c} E‖z_K B + c − (z M + m)‖² + λ‖B‖², λ = ``penalty`` · mean Var(z_K), i.e.
     B = (Σ_KK + λI)⁻¹ Σ_K· M and c = μ M + m − μ_K B. Returns (B, c), float64."""
     sigma, mu = inputs.covariance, inputs.mean
-    s_kk = sigma[kept][:, kept]
+    s_k = sigma[kept]
+    s_kk = s_k[:, kept]
     ridge = penalty * s_kk.diagonal().mean().clamp(min=1e-30)
     eye = torch.eye(len(kept), dtype=s_kk.dtype, device=s_kk.device)
-    solution = torch.linalg.solve(s_kk + ridge * eye, sigma[kept] @ target.map)
+    mapped = _nonzero_rows(target.map)  # Σ_K· M over the rows of M that are not zero (t alone, for t)
+    solution = torch.linalg.solve(s_kk + ridge * eye, s_k[:, mapped] @ target.map[mapped])
     offset = mu @ target.map + target.offset - mu[kept] @ solution
     return solution, offset
 
@@ -115,8 +117,13 @@ def expected_error(inputs: Moments, target: Target, kept: torch.Tensor, solution
     tr(Dᵀ Σ D) + ‖μ D + c − m‖² with D = E_K B − M (E_K puts B's rows back at K)."""
     d = -target.map.clone()
     d[kept] += solution
-    sigma, mu = inputs.covariance, inputs.mean
+    rows = _nonzero_rows(d)  # the rows of D that are zero add nothing: a smaller Σ serves
+    d, sigma, mu = d[rows], inputs.covariance[rows][:, rows], inputs.mean[rows]
     return float((d * (sigma @ d)).sum() + ((mu @ d + offset - target.offset) ** 2).sum())
+
+
+def _nonzero_rows(matrix: torch.Tensor) -> torch.Tensor:
+    return (matrix != 0).any(dim=1).nonzero().squeeze(1)
 
 
 def column_solution(inputs: Moments, weight: torch.Tensor, bias: torch.Tensor, kept: torch.Tensor, target: Target):

@@ -64,6 +64,13 @@ class Moments:
     def variance(self) -> torch.Tensor:
         return self.covariance.diagonal() if self.full else self.covariance
 
+    def leading(self, dim: int) -> Moments:
+        """The moments of the first ``dim`` features alone."""
+        out = Moments(dim, self.mean.device, full=self.full, where=self.where)
+        out.count, out.mean = self.count, self.mean[:dim].clone()
+        out._m2 = (self._m2[:dim, :dim] if self.full else self._m2[:dim]).clone()
+        return out
+
     @property
     def square_sum(self) -> torch.Tensor:
         """Σ_n x_n² per feature: the squared L2 norm of each column over all tokens."""
