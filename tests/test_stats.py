@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimllm.stats import Moments, NonFiniteActivationError, PairedColumnMoments
+from slimllm.stats import Moments, NonFiniteActivationError, PairedColumnMoments, gram
 
 
 def _batches(x: np.ndarray, sizes):
@@ -42,6 +42,12 @@ def test_leading_moments_are_those_of_the_first_features_alone(full):
     np.testing.assert_allclose(leading.covariance.numpy(), first.covariance.numpy(), rtol=1e-10, atol=1e-12)
     leading.update(torch.from_numpy(x[:5, :4]))  # a copy: the whole is not changed by it
     assert whole.count == 120
+
+
+@pytest.mark.parametrize("dim", [5, 9, 16, 23])
+def test_the_blockwise_gram_is_the_full_product(dim):
+    rows = torch.from_numpy(np.random.default_rng(dim).normal(size=(40, dim)))
+    np.testing.assert_allclose(gram(rows, block=4).numpy(), (rows.T @ rows).numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_paired_moments_match_numpy():

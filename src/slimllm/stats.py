@@ -26,6 +26,21 @@ def _as_rows(x: torch.Tensor, dim: int, where: str) -> torch.Tensor:
     return rows
 
 
+def gram(rows: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """rowsᵀ rows, computing only the blocks on and above the diagonal and mirroring them: about
+    60% of the multiplications of the full product for wide rows (BLAS has no symmetric
+    rank-k update in torch), the same float64 sums."""
+    dim = rows.shape[1]
+    if dim <= 2 * block:
+        return rows.T @ rows
+    out = rows.new_empty(dim, dim)
+    for start in range(0, dim, block):
+        upper = rows[:, start : start + block].T @ rows[:, start:]
+        out[start : start + block, start:] = upper
+        out[start + block :, start : start + block] = upper[:, block:].T
+    return out
+
+
 class Moments:
     """Running count, mean and population covariance (or only the variance) of d-dim rows."""
 
@@ -45,7 +60,7 @@ class Moments:
             return
         mean_b = rows.mean(0)
         centred = rows - mean_b
-        m2_b = centred.T @ centred if self.full else (centred * centred).sum(0)
+        m2_b = gram(centred) if self.full else (centred * centred).sum(0)
         n_a, n = self.count, self.count + n_b
         delta = mean_b - self.mean
         correction = torch.outer(delta, delta) if self.full else delta * delta

@@ -37,6 +37,7 @@ OPTIONS: dict[str, dict] = {
     "ridge-layer": {"recovery": "ridge-layer"},
     "obs-ridge": {"method": "obs", "recovery": "ridge"},
     "calib-128x512": {"nsamples": 128, "seqlen": 512},
+    "ridge-128x512": {"recovery": "ridge", "nsamples": 128, "seqlen": 512},
     "search": {"method": "slimllm@search", "search_steps": SEARCH_STEPS},
     "search-ridge": {
         "method": "slimllm@search",
@@ -52,6 +53,7 @@ OPTION_FLAGS = {
     "ridge-layer": "--recovery ridge-layer",
     "obs-ridge": "--method obs --recovery ridge",
     "calib-128x512": "--nsamples 128 --seqlen 512",
+    "ridge-128x512": "--recovery ridge --nsamples 128 --seqlen 512",
     "search": f"@search --search-steps {SEARCH_STEPS}",
     "search-ridge": f"@search --recovery ridge --search-steps {SEARCH_STEPS}",
     "best": "--preset best",
