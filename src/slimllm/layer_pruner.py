@@ -36,7 +36,9 @@ class LayerPruner:
 
     A recovery that aims at the dense model's hidden states (``--recovery ridge-dense``) has the
     dense model run alongside: each layer, before it is pruned, runs once more on the dense
-    model's own inputs (:func:`slimllm.layer_walk.dense_states`)."""
+    model's own inputs (:func:`slimllm.layer_walk.dense_states`). One that aims at the dense
+    layer's output (``ridge-layer``) runs the dense layer to its output on the pruned model's
+    inputs instead, in the same pass as the attention statistics."""
 
     def __init__(self, adapter, method: Method, config: PruneConfig, allocation: Allocation, costs, device):
         self.adapter, self.method, self.config = adapter, method, config
