@@ -296,13 +296,8 @@ class _AttentionRecorder:
     :func:`collect_attention_stats`); :meth:`stats` gives them once every batch has passed."""
 
     def __init__(self, adapter, layer, index, batches, units, device, kept, *, split, dense):
-        self.parts, self.units, self.kept, self.batches, self.dense = (
-            adapter.attention(layer),
-            units,
-            kept,
-            batches,
-            dense,
-        )
+        self.parts, self.units, self.kept = adapter.attention(layer), units, kept
+        self.batches, self.dense = batches, dense
         where = f"o_proj input of layer {index}"
         self.width = self.parts.o_proj.in_features
         self.target_dims = self.parts.o_proj.out_features if dense is not None else 0
