@@ -122,6 +122,7 @@ def test_one_pass_gives_the_dense_states_and_the_attention_statistics_of_two(spl
         adapter, layer, 0, batches, units, "cpu", fused_kept, split=split
     )
     assert calls == ["o_proj"] * len(batches)  # one pass over the layer
+    assert fused_states.after_attention is None  # ridge-layer does not use them: not kept
     for got, want in zip(fused_states.output, states.output, strict=True):
         torch.testing.assert_close(got.hidden, want.hidden, rtol=0, atol=0)
     torch.testing.assert_close(fused_stats.o_input.covariance, stats.o_input.covariance, rtol=1e-12, atol=1e-14)

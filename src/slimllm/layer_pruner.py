@@ -70,7 +70,7 @@ class LayerPruner:
                     split=self.method.recovery.held_out_moments,
                 )  # fmt: skip
             else:
-                dense = dense_states(self.adapter, layer, index, batches)
+                dense = dense_states(self.adapter, layer, index, batches, after_attention=False)
         if planned_units:
             if attention_stats is None:
                 attention_stats = self.attention_stats(layer, index, batches, kept, dense)

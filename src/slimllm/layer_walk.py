@@ -252,19 +252,26 @@ def replaying(adapter: ModelAdapter, layer: nn.Module, kept: LayerActivations, *
 @dataclass
 class DenseStates:
     """The dense model's hidden states at one layer, on its own inputs: ``after_attention[b]``
-    (the layer input plus the attention's output) and ``output[b]`` (the next layer's input)."""
+    (the layer input plus the attention's output; ``None`` where not asked for) and ``output[b]``
+    (the next layer's input)."""
 
-    after_attention: list[torch.Tensor]
+    after_attention: list[torch.Tensor] | None
     output: list[LayerBatch]
 
 
 @torch.no_grad()
 def dense_states(
-    adapter: ModelAdapter, layer, index: int, dense_inputs: list[LayerBatch], *registrations
+    adapter: ModelAdapter,
+    layer,
+    index: int,
+    dense_inputs: list[LayerBatch],
+    *registrations,
+    after_attention: bool = True,
 ) -> DenseStates:
     """Run the dense ``layer`` on the dense model's inputs (with the hooks of ``registrations``
     in place). The family adds ``o_proj``'s output to the residual stream as it is
-    (``adapter.residual_outputs``), so the state after the attention is the input plus that output."""
+    (``adapter.residual_outputs``), so the state after the attention is the input plus that output.
+    Without ``after_attention`` only the outputs are kept (one hidden-state copy less per batch)."""
     if not adapter.residual_outputs:
         raise ValueError(f"{type(adapter).__name__}: the attention output is not added to the residual as it is")
     attention_outputs = []
@@ -272,8 +279,11 @@ def dense_states(
     def grab(_module, _args, out):
         attention_outputs.append(out.detach())
 
-    with hooks(lambda: adapter.attention(layer).o_proj.register_forward_hook(grab), *registrations):
+    grabbing = [lambda: adapter.attention(layer).o_proj.register_forward_hook(grab)] if after_attention else []
+    with hooks(*grabbing, *registrations):
         outputs = run_layer(layer, index, dense_inputs)
+    if not after_attention:
+        return DenseStates(None, outputs)
     after = [batch.hidden + out for batch, out in zip(dense_inputs, attention_outputs, strict=True)]
     return DenseStates(after, outputs)
 
@@ -367,7 +377,9 @@ def dense_states_with_attention_stats(
     one goes on to the layer's output)."""
     recorder = _AttentionRecorder(adapter, layer, index, batches, units, device, kept, split=split, dense=None)
     o_proj = recorder.parts.o_proj
-    states = dense_states(adapter, layer, index, batches, lambda: o_proj.register_forward_pre_hook(recorder))
+    states = dense_states(
+        adapter, layer, index, batches, lambda: o_proj.register_forward_pre_hook(recorder), after_attention=False
+    )
     return states, recorder.stats()
 
 
