@@ -83,16 +83,24 @@ def render_markdown(points: list[dict], limit: int) -> str:
     groups: dict[tuple, list[dict]] = {}
     for p in points:
         groups.setdefault((p["ratio"], p["option"], p["size"]), []).append(p)
-    for (ratio, option, size), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+
+    def tokens(size: str) -> tuple[int, int]:
+        samples, length = (int(n) for n in size.split("x"))
+        return samples * length, length
+
+    for (ratio, option, size), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], tokens(kv[0][2]), kv[0][1])):
         rows.sort(key=lambda r: r["seed"])
         kls = "; ".join(f"{r['search_kl'][0]:.3f} → {r['search_kl'][1]:.3f}" for r in rows if r["search_kl"]) or "–"
         seeds = ", ".join(str(r["seed"]) for r in rows)
         ppls = ", ".join(format(r["ppl"], ".2f") for r in rows)
+        contended = "*" if any(r.get("note") for r in rows) else ""
         out.append(
             f"| {ratio:.0%} | {option} | {size} | {seeds} | "
             f"{ppls} | {statistics.mean(r['ppl'] for r in rows):.2f} | "
-            f"{statistics.mean(r['prune_s'] for r in rows):.0f} | {kls} |"
+            f"{statistics.mean(r['prune_s'] for r in rows):.0f}{contended} | {kls} |"
         )
+    notes = sorted({p["note"] for p in points if p.get("note")})
+    out += ["", *(f"\\* {note}." for note in notes)] if notes else []
     out += ["", "Commands: " + "; ".join(sorted({f"`{p['command']}`" for p in points}))]
     return "\n".join(out) + "\n"
 
