@@ -29,7 +29,7 @@ OPTIONS = {
     "ridge": ["--recovery", "ridge"],
     "ridge-dense": ["--recovery", "ridge-dense"],
     "ridge-layer": ["--recovery", "ridge-layer"],
-    "search": ["--method", "slimllm@search"],
+    "search": shlex.split("--method slimllm@search --search-steps 40 --search-minutes 8"),
     "search-ridge": shlex.split("--method slimllm@search --recovery ridge --search-steps 40 --search-minutes 8"),
     "obs-ridge": ["--method", "obs", "--recovery", "ridge"],
     "best": ["--preset", "best"],
