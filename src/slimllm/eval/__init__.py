@@ -8,7 +8,7 @@
 lm-eval is imported only when zero-shot tasks run.
 """
 
-from slimllm.eval.harness import HEADLINE_METRIC, TASKS, sample_doc_ids, zero_shot
+from slimllm.eval.harness import HEADLINE_METRIC, TASKS, held_out_doc_ids, sample_doc_ids, zero_shot
 from slimllm.eval.ppl import perplexity, perplexity_of_stream, token_windows
 from slimllm.eval.report import markdown_report, print_table, write_json
 from slimllm.eval.runner import count_parameters, evaluate_model, evaluate_models
@@ -21,6 +21,7 @@ __all__ = [
     "count_parameters",
     "evaluate_model",
     "evaluate_models",
+    "held_out_doc_ids",
     "markdown_report",
     "perplexity",
     "perplexity_of_stream",

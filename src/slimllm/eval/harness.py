@@ -98,6 +98,28 @@ def sample_doc_ids(n_docs: int, limit: int | None, seed: int) -> list[int] | Non
     return sorted(random.Random(seed).sample(range(n_docs), limit))
 
 
+def held_out_doc_ids(
+    n_docs: int, limit: int | None, seed: int, *, evaluation_limit: int, evaluation_seed: int = 0
+) -> list[int]:
+    """A seeded subset of ``limit`` documents (None: all) outside the evaluation subset
+    ``sample_doc_ids(n_docs, evaluation_limit, evaluation_seed)``.
+
+    For diagnosing models on a task without looking at the documents of the reported table.
+    """
+    evaluation = sample_doc_ids(n_docs, evaluation_limit, evaluation_seed)
+    if evaluation is None:
+        raise ValueError(
+            f"the evaluation subset of {evaluation_limit} documents takes all {n_docs}: none is left to diagnose on"
+        )
+    taken = set(evaluation)
+    rest = [index for index in range(n_docs) if index not in taken]
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of documents, got {limit}")
+    if limit is None or limit >= len(rest):
+        return rest
+    return sorted(random.Random(seed).sample(rest, limit))
+
+
 def task_data_info(task: str, source: str, lm_task) -> dict:
     config = lm_task.config
     split = config.test_split or config.validation_split
@@ -133,8 +155,20 @@ def quiet_lm_eval() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def evaluate_task(lm, task: str, source: str, *, limit: int | None = None, seed: int = 0, manager=None) -> dict:
-    """Run one task through ``lm_eval.simple_evaluate`` (0-shot) and collect its metrics."""
+def evaluate_task(
+    lm,
+    task: str,
+    source: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    manager=None,
+    doc_ids: list[int] | None = None,
+) -> dict:
+    """Run one task through ``lm_eval.simple_evaluate`` (0-shot) and collect its metrics.
+
+    ``doc_ids`` evaluates exactly those documents (sorted) instead of the ``limit``/``seed`` subset.
+    """
     from lm_eval import simple_evaluate
 
     start = time.perf_counter()
@@ -142,7 +176,10 @@ def evaluate_task(lm, task: str, source: str, *, limit: int | None = None, seed:
     manager = manager or task_manager(source)
     lm_task = load_task(task, source, manager)
     n_docs = len(lm_task.eval_docs)
-    doc_ids = sample_doc_ids(n_docs, limit, seed)
+    if doc_ids is None:
+        doc_ids = sample_doc_ids(n_docs, limit, seed)
+    elif doc_ids != sorted(set(doc_ids)) or not doc_ids or doc_ids[-1] >= n_docs or doc_ids[0] < 0:
+        raise ValueError(f"doc_ids must be sorted, distinct indices below {n_docs} ({task})")
     output = simple_evaluate(
         model=lm,
         tasks=[lm_task],
