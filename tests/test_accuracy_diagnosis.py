@@ -1,24 +1,17 @@
 """benchmarks/accuracy_diagnosis.py: its hybrids of pruned and dense layers, and the pick rate."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 import slimllm
+from benchmark_scripts import load_benchmark_script
 from slimllm.eval.uncertainty import encode_bits, encode_gold
 from tiny_models import VOCAB, logits, tiny_llama
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_diagnosis.py"
 
 
 @pytest.fixture(scope="module")
 def diagnosis():
-    spec = importlib.util.spec_from_file_location("accuracy_diagnosis", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("accuracy_diagnosis")
 
 
 @pytest.fixture(scope="module")
