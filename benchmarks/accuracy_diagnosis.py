@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import slimllm
-from slimllm.config import PRESETS
+from slimllm.bench.spec import OPTIONS
 from slimllm.eval.harness import evaluate_task, held_out_doc_ids, load_task, quiet_lm_eval, task_manager
 from slimllm.eval.settings import DEFAULT_BATCH_SIZE
 from slimllm.eval.uncertainty import decode_bits, paired_task_difference
@@ -47,8 +47,8 @@ PRUNED = {
     "flap": {"method": "flap"},
     "slimllm --no-regression": {"regression": False},
     "slimllm --uniform": {"uniform": True},
-    "slimllm @search": {"method": "slimllm@search", "search_steps": 40, "search_minutes": 8},
-    "slimllm --preset best": PRESETS["best"],
+    "slimllm @search": OPTIONS["search"],  # the bench rows' settings
+    "slimllm --preset best": OPTIONS["best"],
 }
 
 
