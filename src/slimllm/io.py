@@ -138,26 +138,18 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype) or torch.float32
+    check_model_source(source)
     text = str(source)
     if text in BUILTIN_MODELS:
         folder = _materialise_builtin(text)
     elif text.endswith(".gguf"):
-        path = Path(text)
-        if not path.is_file():
-            raise ModelSourceError(f"GGUF file not found: {path}")
-        model, tokenizer = _load_gguf(path, torch_dtype)
+        model, tokenizer = _load_gguf(Path(text), torch_dtype)
         return model.to(device or "cpu"), tokenizer
+    elif Path(text).exists():
+        check_weight_files(text)
+        folder = Path(text)
     else:
-        path = Path(text)
-        if path.exists():
-            if not (path / "config.json").is_file():
-                raise ModelSourceError(f"{path} is not a model folder: no config.json")
-            check_weight_files(path)
-            folder = path
-        elif _looks_like_local_path(text):
-            raise ModelSourceError(f"model path not found: {text}")
-        else:
-            folder = text  # a hub id; transformers reports unreachable hubs and unknown ids
+        folder = text  # a hub id; transformers reports unreachable hubs and unknown ids
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch_dtype, use_safetensors=True, **_legacy_config(folder)
@@ -167,6 +159,22 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         raise ModelSourceError(f"cannot load model {text!r}: {error}") from error
     model.eval()
     return model.to(device or "cpu"), tokenizer
+
+
+def check_model_source(source: str | os.PathLike) -> None:
+    """The error :func:`load` gives for a local model that is missing or not a model, without loading it."""
+    text = str(source)
+    if text in BUILTIN_MODELS:
+        return
+    path = Path(text)
+    if text.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {path}")
+    elif path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} is not a model folder: no config.json")
+    elif _looks_like_local_path(text):
+        raise ModelSourceError(f"model path not found: {text}")
 
 
 def check_weight_files(folder: str | os.PathLike) -> None:

@@ -157,18 +157,27 @@ def run_identity(model_source, data: FinetuneData, config: FinetuneConfig) -> di
     return json.loads(json.dumps(identity))
 
 
-def prepare_work_dir(work_dir: Path, identity: dict, *, resume: bool, overwrite: bool, quiet: bool = False):
+def prepare_work_dir(
+    work_dir: Path,
+    identity: dict,
+    *,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool = False,
+    settings_file: str = RUN_SETTINGS,
+    command: str = "finetune",
+):
     """The checkpoint to resume from (or None), after checking it belongs to this run."""
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-    settings = work_dir / RUN_SETTINGS
+    settings = work_dir / settings_file
     if resume and last is not None:
         saved = json.loads(settings.read_text()) if settings.is_file() else None
         if saved != identity:
-            raise ConfigError(f"cannot resume from {last}: {_identity_difference(saved, identity)}")
+            raise ConfigError(f"cannot resume from {last}: {_identity_difference(saved, identity, settings_file)}")
     elif resume and not quiet:
-        print(f"slimllm finetune: no checkpoint in {work_dir}; starting from the beginning", file=sys.stderr)
+        print(f"slimllm {command}: no checkpoint in {work_dir}; starting from the beginning", file=sys.stderr)
     elif last is not None:
         if not overwrite:
             raise OutputExistsError(
@@ -183,10 +192,10 @@ def prepare_work_dir(work_dir: Path, identity: dict, *, resume: bool, overwrite:
     return last if resume else None
 
 
-def _identity_difference(saved: dict | None, current: dict) -> str:
+def _identity_difference(saved: dict | None, current: dict, settings_file: str = RUN_SETTINGS) -> str:
     if saved is None:
-        return f"its folder has no {RUN_SETTINGS}"
-    parts = [name for name in ("model", "data", "world_size") if saved.get(name) != current[name]]
+        return f"its folder has no {settings_file}"
+    parts = [name for name in current if name != "config" and saved.get(name) != current[name]]
     old, new = saved.get("config", {}), current["config"]
     parts += [f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in new if old.get(key) != new[key]]
     return "the interrupted run differs in " + "; ".join(parts)
@@ -259,19 +268,24 @@ def _report_summary(record: dict) -> dict:
 
 
 # -- output -------------------------------------------------------------------------------------
+def write_model(model, tokenizer, plan, folder: Path, report: dict) -> None:
+    """A pruned model as ``slimllm prune`` writes it (plan and report kept); a dense one as a plain
+    Hugging Face folder with the report beside it."""
+    if is_pruned_config(model.config):
+        save(model, tokenizer, plan, folder, report=report, overwrite=True)
+    else:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_json_atomic(folder / REPORT_FILE, report)
+
+
 def save_output(
     peft_model, tokenizer, plan, output: Path, record: dict, report: dict, *, merge: bool, overwrite: bool, clock
 ) -> None:
     """Write the merged model (or the adapter alone) and the run record, all or nothing."""
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         if merge:
-            model = merge_lora(peft_model)
-            if is_pruned_config(model.config):
-                save(model, tokenizer, plan, tmp, report=report, overwrite=True)
-            else:  # a dense model tuned as it is: a plain Hugging Face folder
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                write_json_atomic(tmp / REPORT_FILE, report)
+            write_model(merge_lora(peft_model), tokenizer, plan, tmp, report)
         else:
             source = Path(record["model"]["source"]).expanduser()
             if source.exists():  # so PeftModel.from_pretrained finds the base from anywhere

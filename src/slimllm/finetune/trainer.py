@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,8 +51,11 @@ def training_arguments(
     resuming: bool = False,
     quiet: bool = False,
     use_cpu: bool = False,
+    best_metric: str = "eval_loss",
+    **overrides,
 ):
-    """The recipe as TrainingArguments: validate and checkpoint every ``eval_steps``, keep the best."""
+    """The recipe as TrainingArguments: validate and checkpoint every ``eval_steps``, keep the
+    checkpoint of lowest ``best_metric``; ``overrides`` are further TrainingArguments values."""
     from transformers import TrainingArguments
 
     # Without an accelerator the Trainer must be told it runs on CPU, or several processes
@@ -58,7 +63,7 @@ def training_arguments(
     use_cpu = use_cpu or not accelerator_available()
     precision = resolve_precision(config.precision, use_cpu)
     best = has_validation and config.best_by_validation
-    return TrainingArguments(
+    values = dict(
         output_dir=str(work_dir),
         per_device_train_batch_size=config.micro_batch_size,
         per_device_eval_batch_size=config.micro_batch_size,
@@ -76,7 +81,7 @@ def training_arguments(
         save_steps=config.eval_steps,
         save_total_limit=config.save_total_limit,
         load_best_model_at_end=best,
-        metric_for_best_model="eval_loss" if best else None,
+        metric_for_best_model=best_metric if best else None,
         greater_is_better=False if best else None,
         seed=config.seed,
         data_seed=config.seed,
@@ -91,6 +96,7 @@ def training_arguments(
         use_cpu=use_cpu,
         dataloader_pin_memory=torch.cuda.is_available() and not use_cpu,
     )
+    return TrainingArguments(**{**values, **overrides})
 
 
 def padding_tokenizer(tokenizer):
@@ -108,17 +114,42 @@ def padding_tokenizer(tokenizer):
     return tokenizer
 
 
-def loss_history(log_history: list[dict]) -> dict[str, list[dict]]:
-    """Train and validation losses per logged step, from the Trainer's log history."""
+TRAIN_LOG_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm")
+EVAL_LOG_PREFIX = "eval_"
+EVAL_LOG_SKIP = ("runtime", "samples_per_second", "steps_per_second")
+
+
+def loss_history(log_history: list[dict], train_keys: tuple[str, ...] = TRAIN_LOG_KEYS) -> dict[str, list[dict]]:
+    """Train and validation records per logged step, from the Trainer's log history: ``train_keys``
+    of each training log, and every metric of each validation (``loss`` for ``eval_loss``)."""
     train, validation = [], []
     for entry in log_history:
         if "loss" in entry:
-            train.append(
-                {key: entry[key] for key in ("step", "epoch", "loss", "learning_rate", "grad_norm") if key in entry}
-            )
+            train.append({key: entry[key] for key in train_keys if key in entry})
         elif "eval_loss" in entry:
-            validation.append({"step": entry["step"], "epoch": entry.get("epoch"), "loss": entry["eval_loss"]})
+            metrics = {
+                key.removeprefix(EVAL_LOG_PREFIX): value
+                for key, value in entry.items()
+                if key.startswith(EVAL_LOG_PREFIX) and not key.endswith(EVAL_LOG_SKIP)
+            }
+            validation.append({"step": entry["step"], "epoch": entry.get("epoch"), **metrics})
     return {"train": train, "validation": validation}
+
+
+@dataclass(frozen=True)
+class LogView:
+    """What a run's JSON log keeps of each training log (``train_keys``), and which values its
+    progress display shows: ``shown`` maps log keys to labels (training and validation alike)."""
+
+    train_keys: tuple[str, ...] = TRAIN_LOG_KEYS
+    shown: tuple[tuple[str, str], ...] = (("loss", "loss"), ("eval_loss", "validation loss"))
+
+    def text(self, logs: dict, prefix: str = "") -> dict[str, str]:
+        return {
+            label: f"{logs[key]:.4g}" if isinstance(logs[key], float) else str(logs[key])
+            for key, label in self.shown
+            if key in logs and key.startswith(prefix)
+        }
 
 
 class LossLogCallback(TrainerCallback):
@@ -128,15 +159,17 @@ class LossLogCallback(TrainerCallback):
     and always after a validation and at the end.
     """
 
-    def __init__(self, path: str | Path, record: dict, interval: float = 10.0):
+    def __init__(self, path: str | Path, record: dict, interval: float = 10.0, view: LogView = LogView()):
         self.path = Path(path)
         self.record = record
         self.interval = interval
+        self.view = view
         self.last_write = float("-inf")
 
     def write(self, state) -> None:
         progress = {"status": "running", "step": state.global_step, "max_steps": state.max_steps}
-        write_json_atomic(self.path, {**self.record, **progress, "losses": loss_history(state.log_history)})
+        losses = loss_history(state.log_history, self.view.train_keys)
+        write_json_atomic(self.path, {**self.record, **progress, "losses": losses})
         self.last_write = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -150,21 +183,55 @@ class LossLogCallback(TrainerCallback):
 
 
 class LossProgressCallback(ProgressCallback):
-    """The Trainer's progress bar with the latest losses beside it, instead of one dict per log."""
+    """The Trainer's progress bar with the latest values beside it, instead of one dict per log."""
 
-    def __init__(self):
+    def __init__(self, view: LogView = LogView()):
         super().__init__()
+        self.view = view
         self.postfix: dict[str, str] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return
-        if "loss" in logs:
-            self.postfix["loss"] = f"{logs['loss']:.4f}"
+        self.postfix.update(self.view.text(logs))
         if "eval_loss" in logs:
-            self.postfix["val_loss"] = f"{logs['eval_loss']:.4f}"
-            self.training_bar.write(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+            shown = ", ".join(f"{label} {value}" for label, value in self.view.text(logs, "eval_").items())
+            self.training_bar.write(f"step {state.global_step}: {shown}")
         self.training_bar.set_postfix(self.postfix, refresh=False)
+
+
+class LineProgressCallback(TrainerCallback):
+    """For logs that are not a terminal: one line per validation and one at the end, no bar."""
+
+    def __init__(self, view: LogView = LogView(), stream=None):
+        self.view = view
+        self.stream = stream or sys.stderr
+        self.latest: dict[str, str] = {}
+        self.started = time.monotonic()
+
+    def _line(self, state, text: str) -> None:
+        minutes = (time.monotonic() - self.started) / 60
+        print(f"step {state.global_step}/{state.max_steps} ({minutes:.1f} min): {text}", file=self.stream, flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "eval_loss" in logs:
+            shown = self.view.text(logs, "eval_")
+            self._line(state, ", ".join(f"{label} {value}" for label, value in shown.items()))
+        else:
+            self.latest.update(self.view.text(logs))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._line(state, "training done; " + ", ".join(f"{k} {v}" for k, v in self.latest.items()))
+
+
+def progress_callback(quiet: bool, view: LogView = LogView()) -> TrainerCallback | None:
+    """A bar on a terminal, lines in a log, nothing when ``quiet``."""
+    if quiet:
+        return None
+    return LossProgressCallback(view) if sys.stderr.isatty() else LineProgressCallback(view)
 
 
 def build_trainer(
@@ -179,34 +246,49 @@ def build_trainer(
     resuming: bool = False,
     quiet: bool = False,
     use_cpu: bool = False,
+    trainer_class=None,
+    view: LogView = LogView(),
+    arguments: dict | None = None,
+    collator=None,
+    callbacks: tuple = (),
+    **trainer_kwargs,
 ):
-    """A Trainer over ``data`` that checkpoints into ``work_dir`` and keeps the JSON loss log."""
+    """A Trainer (``trainer_class``, default transformers') over ``data`` that checkpoints into
+    ``work_dir`` and keeps the JSON loss log; ``arguments`` are further TrainingArguments values."""
     from transformers import DataCollatorForSeq2Seq, Trainer
 
     args = training_arguments(
-        config, work_dir, has_validation=data.validation is not None, resuming=resuming, quiet=quiet, use_cpu=use_cpu
+        config,
+        work_dir,
+        has_validation=data.validation is not None,
+        resuming=resuming,
+        quiet=quiet,
+        use_cpu=use_cpu,
+        **(arguments or {}),
     )
-    collator = DataCollatorForSeq2Seq(
+    collator = collator or DataCollatorForSeq2Seq(
         padding_tokenizer(tokenizer), padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8
     )
-    callbacks = [LossLogCallback(log_path, record or {})] if log_path is not None else []
-    trainer = Trainer(
+    log = [LossLogCallback(log_path, record or {}, view=view)] if log_path is not None else []
+    trainer = (trainer_class or Trainer)(
         model=peft_model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation,
         data_collator=collator,
-        callbacks=callbacks,
+        callbacks=[*log, *callbacks],
+        **trainer_kwargs,
     )
-    # Quiet runs print nothing per step (the JSON log has every loss); others get the bar with losses.
+    # Quiet runs print nothing per step (the JSON log has every loss); others get a bar or lines.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if not quiet:
-        trainer.add_callback(LossProgressCallback())
+    progress = progress_callback(quiet, view)
+    if progress is not None:
+        trainer.add_callback(progress)
     return trainer
 
 
-def train(trainer, resume_from: str | None = None) -> dict:
+def train(trainer, resume_from: str | None = None, view: LogView = LogView()) -> dict:
     """Run the Trainer; return the step count, best checkpoint and losses."""
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -220,7 +302,7 @@ def train(trainer, resume_from: str | None = None) -> dict:
         "best_step": int(Path(best).name.removeprefix(CHECKPOINT_PREFIX)) if best else None,
         "best_validation_loss": state.best_metric,
         "train_seconds": time.perf_counter() - start,
-        "losses": loss_history(state.log_history),
+        "losses": loss_history(state.log_history, view.train_keys),
     }
 
 
