@@ -501,3 +501,23 @@ def test_two_processes_distil_as_one_ddp_group_and_one_writes(models, text, tmp_
     assert log["training"]["world_size"] == 2 and log["training"]["gradient_accumulation_steps"] == 1
     assert log["result"]["global_step"] == 2 and log["result"]["tokens_seen"] == 2 * 4 * 32
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ddp"]
+
+
+def test_plain_fine_tuning_trains_without_the_teacher_and_validates_with_it(models, text, tmp_path, monkeypatch):
+    from slimllm.distill.teacher import LiveTeacher
+
+    calls = {"train": 0, "eval": 0}
+    original = LiveTeacher.targets
+
+    def counted(self, *args, **kwargs):
+        calls["train" if torch.is_grad_enabled() else "eval"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LiveTeacher, "targets", counted)
+    config = quick(max_steps=3, kl_weight=0.0, ce_weight=1.0)
+    record = distill(models["student"], models["teacher"], text, tmp_path / "ft", config, quiet=True)
+    assert calls["train"] == 0 and calls["eval"] > 0  # the held-out KL is still measured against the teacher
+    assert all("kl" not in entry and entry["ce"] > 0 for entry in record["losses"]["train"])
+    assert all(entry["kl"] > 0 for entry in record["losses"]["validation"])
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        DistillConfig(kl_weight=0.0)

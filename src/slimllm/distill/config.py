@@ -18,7 +18,7 @@ LORA_FIELDS = tuple(item.name for item in fields(FinetuneConfig) if item.metadat
 class DistillConfig(FinetuneConfig):
     """A pruned student trained to match its dense teacher's next-token distributions.
 
-    The loss is τ²·KL(teacher‖student) + ``ce_weight``·(next-token loss) + ``hidden_weight``·(hidden-
+    The loss is ``kl_weight``·τ²·KL(teacher‖student) + ``ce_weight``·(next-token loss) + ``hidden_weight``·(hidden-
     state distance); see :mod:`slimllm.distill.loss`. Every parameter trains unless ``lora`` (adapters
     only, merged at the end) or ``freeze_embeddings``. Training stops at the first budget reached:
     ``max_steps``, ``max_tokens`` (input tokens over all processes) or ``max_minutes`` of training;
@@ -28,6 +28,13 @@ class DistillConfig(FinetuneConfig):
 
     temperature: float = field(
         default=1.0, metadata={"help": "softmax temperature τ of both models in the KL", "group": DISTILLATION}
+    )
+    kl_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the KL to the teacher (0 with --ce-weight 1: plain fine-tuning)",
+            "group": DISTILLATION,
+        },
     )
     ce_weight: float = field(
         default=0.0, metadata={"help": "weight of the data's next-token loss added to the KL", "group": DISTILLATION}
@@ -72,9 +79,11 @@ class DistillConfig(FinetuneConfig):
         super().validate()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature!r}")
-        for name in ("ce_weight", "hidden_weight"):
+        for name in ("kl_weight", "ce_weight", "hidden_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if self.kl_weight + self.ce_weight + self.hidden_weight == 0:
+            raise ConfigError("kl_weight, ce_weight and hidden_weight are all 0: nothing to train on")
         if self.teacher_topk is not None and self.teacher_topk < 1:
             raise ConfigError(f"teacher_topk must be at least 1, got {self.teacher_topk!r}")
         if self.teacher_topk is not None and self.hidden_weight > 0:

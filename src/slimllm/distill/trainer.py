@@ -49,21 +49,30 @@ class DistillationLoss:
 
     def __init__(self, config: DistillConfig):
         self.temperature = config.temperature
+        self.kl_weight = config.kl_weight
         self.ce_weight = config.ce_weight
         self.hidden_weight = config.hidden_weight
+        # Plain fine-tuning (only the next-token loss) trains without the teacher; validation still uses it.
+        self.trains_on_teacher = bool(config.kl_weight or config.hidden_weight)
 
     def __call__(self, student_logits, teacher_targets, labels, student_hidden=None, teacher_hidden=None):
+        """``teacher_targets`` may be None when the loss does not use the teacher (its sums then hold no KL)."""
         mask = scored_positions(labels)
+        nll = next_token_nll(student_logits, labels)
+        count = mask.sum()
+        scale = 1 / count.clamp_min(1)
+        if teacher_targets is None:
+            loss = self.ce_weight * nll[mask].sum() * scale
+            nan = torch.tensor(float("nan"), dtype=torch.float64)
+            sums = torch.stack([count.double(), nan, nll[mask].sum().detach().double(), nan])
+            return loss, sums
         if isinstance(teacher_targets, TopK):
             kl = topk_kl(student_logits, teacher_targets, self.temperature)
             teacher_top1 = teacher_targets.token_ids[..., 0]
         else:
             kl = token_kl(student_logits, teacher_targets, self.temperature)
             teacher_top1 = teacher_targets.argmax(-1)
-        nll = next_token_nll(student_logits, labels)
-        count = mask.sum()
-        scale = 1 / count.clamp_min(1)
-        loss = kl[mask].sum() * scale
+        loss = self.kl_weight * kl[mask].sum() * scale
         if self.ce_weight:
             loss = loss + self.ce_weight * nll[mask].sum() * scale
         if self.hidden_weight:
@@ -100,9 +109,11 @@ class DistillationTrainer(Trainer):
             output_hidden_states=self.wants_hidden,
             use_cache=False,
         )
-        teacher_targets, teacher_hidden = self.teacher.targets(
-            inputs["input_ids"], inputs.get("attention_mask"), example_ids, hidden_states=self.wants_hidden
-        )
+        teacher_targets = teacher_hidden = None
+        if self.objective.trains_on_teacher or not model.training:
+            teacher_targets, teacher_hidden = self.teacher.targets(
+                inputs["input_ids"], inputs.get("attention_mask"), example_ids, hidden_states=self.wants_hidden
+            )
         student_hidden = outputs.hidden_states[1:] if self.wants_hidden else None
         loss, sums = self.objective(outputs.logits, teacher_targets, labels, student_hidden, teacher_hidden)
         if model.training:
@@ -147,7 +158,10 @@ def _averages(sums: torch.Tensor, prefix: str) -> dict[str, float]:
     if count == 0:
         return {}
     kl, nll, agree = (value.item() / count for value in sums[1:])
-    return {f"{prefix}kl": kl, f"{prefix}ce": nll, f"{prefix}ppl": math.exp(min(nll, 50.0)), f"{prefix}top1": agree}
+    averages = {f"{prefix}ce": nll, f"{prefix}ppl": math.exp(min(nll, 50.0))}
+    if not math.isnan(kl):  # trained without the teacher: no KL on the training batches
+        averages.update({f"{prefix}kl": kl, f"{prefix}top1": agree})
+    return averages
 
 
 class BudgetCallback(TrainerCallback):
