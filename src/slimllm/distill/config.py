@@ -32,7 +32,7 @@ class DistillConfig(FinetuneConfig):
     kl_weight: float = field(
         default=1.0,
         metadata={
-            "help": "weight of the KL to the teacher (0 with --ce-weight 1: plain fine-tuning)",
+            "help": "weight of the KL to the teacher (0, with --ce-weight 1: plain fine-tuning)",
             "group": DISTILLATION,
         },
     )
