@@ -105,9 +105,8 @@ def test_windows_are_seeded_distinct_and_cut_from_the_stream(tmp_path):
     assert len(set(info["windows"])) == 8
 
 
+@pytest.mark.evaluation_text
 def test_wikitext2_and_ptb_follow_the_shared_normalisation():
-    if sources.shared_data_dir() is None:
-        pytest.fail("../shared/data is expected beside the project")
     wiki, info = load_text("wikitext2")
     assert "\r" not in wiki and "\n\n\n" not in wiki and wiki.count("\n\n") == 2891 - 1
     assert info.sha256 and info.origin.endswith("wiki.test.raw")

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.evaluation_text]
 
 
 def test_gpu_benchmark_dry_run_prunes_evaluates_and_checks(tmp_path):

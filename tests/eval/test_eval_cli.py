@@ -118,6 +118,7 @@ def test_eval_settings_round_trip_through_json_and_refuse_bad_values():
 
 
 @pytest.mark.real_model
+@pytest.mark.evaluation_text
 def test_smollm2_offline_evaluation(tmp_path):
     json_path = tmp_path / "eval.json"
     argv = ["eval", "smollm2-135m", "--ppl", "wikitext2", "--tasks", "arc_easy", "--limit", "2"]

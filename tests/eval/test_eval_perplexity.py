@@ -84,6 +84,7 @@ def test_perplexity_of_a_text_file_reports_its_provenance(tmp_path):
 
 
 @pytest.mark.real_model
+@pytest.mark.evaluation_text
 @pytest.mark.parametrize("source", ["wikitext2", "ptb"])
 def test_smollm2_perplexity_on_the_first_windows_is_that_of_a_trained_model(smollm2, source):
     model, tokenizer = smollm2

@@ -181,6 +181,7 @@ def test_openai_compatible_server_completes(tmp_path):
 
 
 @pytest.mark.real_model
+@pytest.mark.evaluation_text
 def test_real_smollm2_20_perplexity_in_llama_cpp_matches_pytorch(tmp_path):
     """SmolLM2-135M pruned by 20% (light calibration): llama.cpp's WikiText-2 perplexity over the
     first 64 windows of 128 tokens is within 1% of slimllm eval's on the same token ids."""

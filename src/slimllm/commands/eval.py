@@ -140,13 +140,15 @@ def _default_device() -> str:
 def run(args) -> int:
     from slimllm.data.sources import DataSourceError
     from slimllm.eval import evaluate_models, markdown_report, print_table, write_json
-    from slimllm.io import ModelSourceError
+    from slimllm.io import ModelSourceError, check_model_source
 
     ppl, tasks = _plan(args)
     if not ppl and not tasks:
         print("slimllm eval: error: nothing to evaluate (--ppl none and --tasks none)", file=sys.stderr)
         return 2
     try:
+        for model in args.models:  # what the user typed first is checked first, before the data
+            check_model_source(model)
         report = evaluate_models(args.models, settings_from_args(args, ppl, tasks), progress=not args.no_progress)
     except (DataSourceError, ModelSourceError, ValueError) as error:
         print(f"slimllm eval: error: {error}", file=sys.stderr)
