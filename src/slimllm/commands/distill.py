@@ -6,11 +6,10 @@ Runs unchanged under ``accelerate launch -m slimllm distill ...`` or ``torchrun 
 from __future__ import annotations
 
 import argparse
-import sys
 
+from slimllm.commands.finetune import add_training_options
 from slimllm.distill.config import DistillConfig
-from slimllm.finetune.config import TRAINING
-from slimllm.options import add_dataclass_arguments, dataclass_from_arguments
+from slimllm.options import dataclass_from_arguments
 
 
 def register(subparsers) -> None:
@@ -38,16 +37,7 @@ def register(subparsers) -> None:
         "Alpaca-format instructions (.json/.jsonl); never an evaluation set",
     )
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace the output and any old checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
-    p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder; None: OUTPUT.checkpoints")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoint folder after success")
-    training = add_dataclass_arguments(p, DistillConfig)[TRAINING]
-    training.add_argument(
-        "--dtype", default=None, help="weight dtype, trained and saved: float32 | bfloat16 | float16; None: float32"
-    )
-    training.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_training_options(p, DistillConfig)
     p.set_defaults(run=run)
 
 
@@ -74,29 +64,8 @@ def summary_lines(record: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from slimllm.config import ConfigError
-    from slimllm.data.sources import DataSourceError
+    from slimllm.commands.finetune import run_training
     from slimllm.distill import distill
-    from slimllm.io import ModelSourceError, OutputExistsError
 
-    try:
-        record = distill(
-            args.model,
-            args.teacher,
-            args.data,
-            args.output,
-            config_from_args(args),
-            overwrite=args.overwrite,
-            resume=args.resume,
-            checkpoint_dir=args.checkpoint_dir,
-            keep_checkpoints=args.keep_checkpoints,
-            dtype=args.dtype,
-            use_cpu=args.cpu,
-            quiet=args.quiet,
-        )
-    except (ConfigError, DataSourceError, ModelSourceError, OutputExistsError) as error:
-        print(f"slimllm distill: {error}", file=sys.stderr)
-        return 2
-    if not args.quiet and "timings_s" in record:
-        print("\n".join(summary_lines(record)))
-    return 0
+    inputs = [args.model, args.teacher, args.data]
+    return run_training("distill", distill, inputs, config_from_args(args), summary_lines, args)

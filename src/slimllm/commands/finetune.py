@@ -37,19 +37,23 @@ def register(subparsers) -> None:
         default=True,
         help="fold the adapters into the weights and save a model folder; --no-merge saves the adapter alone",
     )
+    add_training_options(p, FinetuneConfig)
+    p.set_defaults(run=run)
+
+
+def add_training_options(p, config_class) -> None:
+    """The options every training command shares, and one per field of ``config_class``."""
     p.add_argument("--overwrite", action="store_true", help="replace the output and any old checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder; None: OUTPUT.checkpoints")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoint folder after success")
-
-    # every setting of the training itself, with its default and help, from FinetuneConfig's fields
-    training = add_dataclass_arguments(p, FinetuneConfig)[TRAINING]
+    # every setting of the training itself, with its default and help, from the config's fields
+    training = add_dataclass_arguments(p, config_class)[TRAINING]
     training.add_argument(
         "--dtype", default=None, help="weight dtype, trained and saved: float32 | bfloat16 | float16; None: float32"
     )
     training.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def config_from_args(args):
@@ -76,18 +80,24 @@ def summary_lines(record: dict) -> list[str]:
 
 
 def run(args) -> int:
+    from slimllm.finetune import finetune
+
+    inputs = [args.model, args.data]
+    return run_training("finetune", finetune, inputs, config_from_args(args), summary_lines, args, merge=args.merge)
+
+
+def run_training(command: str, function, inputs: list, config, summary, args, **options) -> int:
+    """Call ``function(*inputs, output, config, ...)`` with the options every training command shares;
+    print ``summary(record)``, or a one-line error and return 2 for bad input."""
     from slimllm.config import ConfigError
     from slimllm.data.sources import DataSourceError
-    from slimllm.finetune import finetune
     from slimllm.io import ModelSourceError, OutputExistsError
 
     try:
-        record = finetune(
-            args.model,
-            args.data,
+        record = function(
+            *inputs,
             args.output,
-            config_from_args(args),
-            merge=args.merge,
+            config,
             overwrite=args.overwrite,
             resume=args.resume,
             checkpoint_dir=args.checkpoint_dir,
@@ -95,10 +105,11 @@ def run(args) -> int:
             dtype=args.dtype,
             use_cpu=args.cpu,
             quiet=args.quiet,
+            **options,
         )
     except (ConfigError, DataSourceError, ModelSourceError, OutputExistsError) as error:
-        print(f"slimllm finetune: {error}", file=sys.stderr)
+        print(f"slimllm {command}: {error}", file=sys.stderr)
         return 2
     if not args.quiet and "timings_s" in record:
-        print("\n".join(summary_lines(record)))
+        print("\n".join(summary(record)))
     return 0

@@ -31,6 +31,7 @@ from slimllm.finetune.lora import attach_lora, merge_lora
 from slimllm.finetune.run import (
     _Clock,
     _input_records,
+    _training_record,
     check_paths,
     default_checkpoint_dir,
     prepare_work_dir,
@@ -335,21 +336,6 @@ def _base_record(student_source, teacher_source, student, model, plan, data, con
     if plan is not None:
         record["note"] = PLAN_NOTE
     return record
-
-
-def _training_record(trainer, resume_from: str | None) -> dict:
-    args = trainer.args
-    return {
-        "device": str(args.device),
-        "world_size": args.world_size,
-        "cpu_threads": torch.get_num_threads(),
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "micro_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        "max_steps": args.max_steps,
-        "resumed_from": resume_from,
-    }
 
 
 def _report_summary(record: dict) -> dict:

@@ -248,6 +248,7 @@ def _training_record(trainer, resume_from: str | None) -> dict:
         "micro_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "max_steps": args.max_steps,
         "resumed_from": resume_from,
     }
 
