@@ -14,6 +14,7 @@ ORDER = [
     "slimllm-20",
     "slimllm-20 + distill",
     "slimllm-20 + lora",
+    "slimllm-20 + distill at LoRA's time",
     "slimllm-20 + finetune-full",
     "flap-20",
     "flap-20 + distill",
