@@ -100,6 +100,30 @@ def test_topk_kl_with_every_token_has_finite_zero_gradients_at_the_teacher():
     assert torch.isfinite(student.grad).all() and student.grad.abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_fused_kl_and_nll_equal_the_autograd_forms_in_value_and_gradient(temperature):
+    from slimllm.distill.loss import kl_and_nll, next_tokens
+
+    teacher, student = logits_pair(shape=(3, 7, 13), seed=5)
+    labels = torch.randint(0, 13, (3, 7), generator=torch.Generator().manual_seed(6))
+    labels[1, :4] = IGNORE_INDEX
+    weights = torch.rand(2, 3, 7, generator=torch.Generator().manual_seed(7))
+
+    fused_input = student.clone().requires_grad_(True)
+    kl, nll, agree = kl_and_nll(fused_input, teacher, next_tokens(labels), temperature, chunk=4)  # chunks cut rows
+    ((kl * weights[0]).sum() + (nll * weights[1]).sum()).backward()
+
+    reference_input = student.clone().requires_grad_(True)
+    reference_kl = token_kl(reference_input, teacher, temperature)
+    reference_nll = next_token_nll(reference_input, labels)
+    ((reference_kl * weights[0]).sum() + (reference_nll * weights[1]).sum()).backward()
+
+    torch.testing.assert_close(kl, reference_kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(nll, reference_nll, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_input.grad, reference_input.grad, rtol=1e-4, atol=1e-6)
+    assert torch.equal(agree, student.argmax(-1) == teacher.argmax(-1))
+
+
 def test_next_token_nll_and_scored_positions():
     _, student = logits_pair()
     labels = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))

@@ -19,6 +19,13 @@ Notation, at one position: ``s``, ``t`` the student's and teacher's logits over 
   every layer's term of the same order although the residual stream grows with depth.
   slimllm never prunes the hidden size, so a pruned student and its dense teacher agree on it.
 
+The trainer computes the token KL and the next-token loss together with
+:func:`kl_and_nll`, a fused autograd function that works through the positions a chunk at a
+time and writes the gradient analytically (∂/∂s of τ²·KL is τ·(q − p); of the next-token loss,
+softmax(s) − onehot), so no vocabulary-sized intermediate is kept beyond the logits and their
+gradient; :func:`token_kl` and :func:`next_token_nll` are the plain autograd forms it is tested
+against.
+
 Scored positions are those whose next token carries a label (``labels[t + 1] != -100``), the
 positions the next-token loss scores: instruction data with a masked prompt distils the response
 only, and padding is never scored. Everything is computed in float32 whatever the model's dtype.
@@ -51,6 +58,81 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
     return kl * temperature**2
+
+
+def next_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position predicts, (batch, length): ``labels[t + 1]``, IGNORE_INDEX at the end."""
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    return targets
+
+
+class _KLAndNLL(torch.autograd.Function):
+    """Rows of (N, V) logits: τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), −log softmax(s)[target], and
+    whether the two argmaxes agree; ``chunk`` rows at a time, gradient written analytically."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, targets, temperature: float, chunk: int):
+        rows = student.shape[0]
+        kl = torch.empty(rows, dtype=torch.float32, device=student.device)
+        nll = torch.zeros(rows, dtype=torch.float32, device=student.device)
+        agree = torch.empty(rows, dtype=torch.bool, device=student.device)
+        for start in range(0, rows, chunk):
+            part = slice(start, start + chunk)
+            s, t = student[part].float(), teacher[part].float()
+            log_q = F.log_softmax(s / temperature, dim=-1)
+            log_p = F.log_softmax(t / temperature, dim=-1)
+            kl[part] = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+            log_q1 = log_q if temperature == 1 else F.log_softmax(s, dim=-1)
+            target = targets[part]
+            scored = target != IGNORE_INDEX
+            picked = log_q1.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            nll[part] = torch.where(scored, -picked, torch.zeros_like(picked))
+            agree[part] = s.argmax(-1) == t.argmax(-1)
+        ctx.save_for_backward(student, teacher, targets)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(agree)
+        return kl, nll, agree
+
+    @staticmethod
+    def backward(ctx, grad_kl, grad_nll, _grad_agree):
+        student, teacher, targets = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad = torch.empty_like(student)
+        for start in range(0, student.shape[0], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            s, t = student[part].float(), teacher[part].float()
+            q = F.softmax(s / temperature, dim=-1)
+            g = (q - F.softmax(t / temperature, dim=-1)) * (grad_kl[part] * temperature).unsqueeze(-1)
+            target = targets[part]
+            scored = target != IGNORE_INDEX
+            if scored.any() and grad_nll[part].any():
+                q1 = q if temperature == 1 else F.softmax(s, dim=-1)
+                weight = torch.where(scored, grad_nll[part], torch.zeros_like(grad_nll[part]))
+                q1 = q1 * weight.unsqueeze(-1)
+                q1.scatter_add_(-1, target.clamp_min(0).unsqueeze(-1), -weight.unsqueeze(-1))
+                g += q1
+            grad[part] = g.to(grad.dtype)
+        return grad, None, None, None, None
+
+
+def kl_and_nll(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = 256,
+):
+    """τ²·KL and next-token NLL at every position (batch, length), and top-1 agreement (no gradient).
+
+    ``targets`` are the next tokens (:func:`next_tokens`); NLL is 0 where a target is IGNORE_INDEX.
+    """
+    shape = student_logits.shape[:-1]
+    vocab = student_logits.shape[-1]
+    kl, nll, agree = _KLAndNLL.apply(
+        student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab), targets.reshape(-1), temperature, chunk
+    )
+    return kl.view(shape), nll.view(shape), agree.view(shape)
 
 
 def split_log_probs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0):

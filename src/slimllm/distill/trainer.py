@@ -14,15 +14,17 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from slimllm.distill.config import DistillConfig
 from slimllm.distill.loss import (
+    IGNORE_INDEX,
     TopK,
     hidden_state_distance,
+    kl_and_nll,
     next_token_nll,
-    scored_positions,
-    token_kl,
+    next_tokens,
     topk_kl,
 )
 
@@ -56,30 +58,32 @@ class DistillationLoss:
         self.trains_on_teacher = bool(config.kl_weight or config.hidden_weight)
 
     def __call__(self, student_logits, teacher_targets, labels, student_hidden=None, teacher_hidden=None):
-        """``teacher_targets`` may be None when the loss does not use the teacher (its sums then hold no KL)."""
-        mask = scored_positions(labels)
-        nll = next_token_nll(student_logits, labels)
+        """``teacher_targets``: the teacher's logits, its :class:`TopK` targets, or None when the loss
+        does not use the teacher (the sums then hold no KL)."""
+        targets = next_tokens(labels)
+        mask = targets != IGNORE_INDEX
         count = mask.sum()
         scale = 1 / count.clamp_min(1)
         if teacher_targets is None:
-            loss = self.ce_weight * nll[mask].sum() * scale
+            nll = F.cross_entropy(
+                student_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
             nan = torch.tensor(float("nan"), dtype=torch.float64)
-            sums = torch.stack([count.double(), nan, nll[mask].sum().detach().double(), nan])
-            return loss, sums
+            return self.ce_weight * nll * scale, torch.stack([count.double(), nan, nll.detach().double(), nan])
         if isinstance(teacher_targets, TopK):
             kl = topk_kl(student_logits, teacher_targets, self.temperature)
-            teacher_top1 = teacher_targets.token_ids[..., 0]
+            nll = next_token_nll(student_logits, labels)
+            with torch.no_grad():
+                agree = student_logits.argmax(-1) == teacher_targets.token_ids[..., 0]
         else:
-            kl = token_kl(student_logits, teacher_targets, self.temperature)
-            teacher_top1 = teacher_targets.argmax(-1)
+            kl, nll, agree = kl_and_nll(student_logits, teacher_targets, targets, self.temperature)
         loss = self.kl_weight * kl[mask].sum() * scale
         if self.ce_weight:
             loss = loss + self.ce_weight * nll[mask].sum() * scale
         if self.hidden_weight:
             loss = loss + self.hidden_weight * hidden_state_distance(student_hidden, teacher_hidden, mask)
         with torch.no_grad():
-            agree = (student_logits.argmax(-1) == teacher_top1)[mask].sum()
-            sums = torch.stack([count.float(), kl[mask].sum(), nll[mask].sum(), agree.float()]).double()
+            sums = torch.stack([count.float(), kl[mask].sum(), nll[mask].sum(), agree[mask].sum().float()]).double()
         return loss, sums
 
 
