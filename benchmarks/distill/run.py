@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -131,20 +132,20 @@ def main() -> None:
             if not Path(model).is_dir():
                 command = [*slimllm_bin, "prune", DENSE, *PRUNES[prune], "--output", model, "--quiet"]
                 result["prune_wall_s"] = run(command, log)
-                commands.append(command[2:])
+                commands.append(shlex.join(["slimllm", *command[3:]]))
         if recovery is not None:
             source, model = model, str(work / slug(name))
             if not Path(model).is_dir():
                 recover = RECOVERIES[recovery]
                 command = [*slimllm_bin, recover[0], source, *COMMON, *recover[1:], "--output", model, "--overwrite"]
                 result["recovery_wall_s"] = run(command, log)
-                commands.append(command[2:])
+                commands.append(shlex.join(["slimllm", *command[3:]]))
             result["recovery"] = recovery_summary(Path(model))
         if "ppl_wikitext2" not in result:
             ppl_json = out / "logs" / f"{slug(name)}.ppl.json"
             command = [*slimllm_bin, "eval", model, "--ppl", "wikitext2", "--tasks", "none", "--ppl-limit", "256"]
             run([*command, "--no-progress", "--json", str(ppl_json)], log)
-            commands.append(command[2:])
+            commands.append(shlex.join(["slimllm", *command[3:]]))
             result["ppl_wikitext2"] = json.loads(ppl_json.read_text())["models"][0]["perplexity"]["wikitext2"]["ppl"]
         if "held_out_kl" not in result:
             result.update(held_out_agreement(model, dense, tokenizer))
@@ -152,9 +153,9 @@ def main() -> None:
             tasks_json = out / "logs" / f"{slug(name)}.tasks.json"
             command = [*slimllm_bin, "eval", model, "--ppl", "none", "--tasks", "all", "--task-limit", "500"]
             result["tasks_wall_s"] = run([*command, "--seed", "0", "--json", str(tasks_json)], log)
-            commands.append(command[2:])
+            commands.append(shlex.join(["slimllm", *command[3:]]))
             result["tasks"] = json.loads(tasks_json.read_text())["models"][0]["zero_shot"]
-        result.update(name=name, model=model, commands=[" ".join(["slimllm", *c]) for c in commands])
+        result.update(name=name, model=model, commands=commands)
         result_path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"{name}: {json.dumps({k: v for k, v in result.items() if k not in ('commands', 'tasks')})}", flush=True)
 
