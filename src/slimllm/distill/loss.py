@@ -45,11 +45,16 @@ IGNORE_INDEX = -100
 EXCLUDED_LOGIT = -1e30
 
 
+def next_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position predicts, (batch, length): ``labels[t + 1]``, IGNORE_INDEX at the end."""
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    return targets
+
+
 def scored_positions(labels: torch.Tensor) -> torch.Tensor:
     """Boolean mask (batch, length): position t is scored when token t + 1 carries a label."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return mask
+    return next_tokens(labels) != IGNORE_INDEX
 
 
 def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -58,13 +63,6 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
     return kl * temperature**2
-
-
-def next_tokens(labels: torch.Tensor) -> torch.Tensor:
-    """The label each position predicts, (batch, length): ``labels[t + 1]``, IGNORE_INDEX at the end."""
-    targets = torch.full_like(labels, IGNORE_INDEX)
-    targets[:, :-1] = labels[:, 1:]
-    return targets
 
 
 class _KLAndNLL(torch.autograd.Function):
@@ -202,7 +200,3 @@ def hidden_state_distance(
         student, teacher = student[mask].float(), teacher[mask].float()
         terms.append((student - teacher).pow(2).sum() / teacher.pow(2).sum().clamp_min(1e-12))
     return torch.stack(terms).mean()
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return values[mask].sum() / mask.sum().clamp_min(1)
