@@ -26,7 +26,7 @@ from slimllm.data.sources import DataSourceError
 from slimllm.distill.config import DistillConfig
 from slimllm.distill.teacher import CachedTeacher, LiveTeacher, build_topk_cache
 from slimllm.distill.trainer import BEST_METRIC, EXAMPLE_ID, BudgetCallback, DistillationTrainer
-from slimllm.finetune.data import EVALUATION_SOURCES, IGNORE_INDEX, FinetuneData, prepare_data
+from slimllm.finetune.data import EVALUATION_SOURCES, FinetuneData, prepare_data
 from slimllm.finetune.lora import attach_lora, merge_lora
 from slimllm.finetune.run import (
     _Clock,
@@ -38,8 +38,8 @@ from slimllm.finetune.run import (
     run_identity,
     write_model,
 )
-from slimllm.finetune.trainer import LogView, accelerator_available, build_trainer, padding_tokenizer, train
-from slimllm.io import OutputExistsError, atomic_output_dir, check_model_source, load
+from slimllm.finetune.trainer import LogView, accelerator_available, build_trainer, padding_collator, train
+from slimllm.io import atomic_output_dir, check_model_source, load
 from slimllm.modeling import MODEL_TYPE_PREFIX
 from slimllm.runtime import count_parameters, versions, write_json_atomic
 
@@ -244,11 +244,7 @@ class ExampleIdCollator:
     carries each example's id through as a tensor."""
 
     def __init__(self, tokenizer):
-        from transformers import DataCollatorForSeq2Seq
-
-        self.pad = DataCollatorForSeq2Seq(
-            padding_tokenizer(tokenizer), padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8
-        )
+        self.pad = padding_collator(tokenizer)
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.pad([{key: value for key, value in row.items() if key != EXAMPLE_ID} for row in features])
@@ -383,4 +379,4 @@ def plot_losses(record: dict, path: Path) -> None:
     plt.close(figure)
 
 
-__all__ = ["DISTILL_LOG", "DISTILL_PLOT", "OutputExistsError", "check_pair", "distill"]
+__all__ = ["DISTILL_LOG", "DISTILL_PLOT", "check_pair", "distill"]

@@ -234,6 +234,15 @@ def progress_callback(quiet: bool, view: LogView = LogView()) -> TrainerCallback
     return LossProgressCallback(view) if sys.stderr.isatty() else LineProgressCallback(view)
 
 
+def padding_collator(tokenizer):
+    """Right-pads ``input_ids``/``attention_mask``/``labels`` (labels with IGNORE_INDEX) to a multiple of 8."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(
+        padding_tokenizer(tokenizer), padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8
+    )
+
+
 def build_trainer(
     peft_model,
     tokenizer,
@@ -255,7 +264,7 @@ def build_trainer(
 ):
     """A Trainer (``trainer_class``, default transformers') over ``data`` that checkpoints into
     ``work_dir`` and keeps the JSON loss log; ``arguments`` are further TrainingArguments values."""
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import Trainer
 
     args = training_arguments(
         config,
@@ -266,9 +275,7 @@ def build_trainer(
         use_cpu=use_cpu,
         **(arguments or {}),
     )
-    collator = collator or DataCollatorForSeq2Seq(
-        padding_tokenizer(tokenizer), padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8
-    )
+    collator = collator or padding_collator(tokenizer)
     log = [LossLogCallback(log_path, record or {}, view=view)] if log_path is not None else []
     trainer = (trainer_class or Trainer)(
         model=peft_model,
