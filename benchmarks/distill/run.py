@@ -48,6 +48,11 @@ RECOVERIES = {
     "lora": ["finetune", "--lr", "2e-4"],
     # as many steps as fit in the LoRA row's training time (459 s at the 20% row's 59.6 tokens/s)
     "distill-lora-time": ["distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "27", "--eval-steps", "9"],
+    # the budget: 60 minutes of training on 2 cores (~62 tokens/s → ~200 steps), cut at 60 min if slower
+    "distill-60min": [
+        "distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "200", "--max-minutes", "60",
+        "--eval-steps", "20", "--warmup-steps", "20",
+    ],  # fmt: skip
 }
 ROWS = [
     ("dense", None, None),
@@ -60,6 +65,8 @@ ROWS = [
     ("flap-20 + distill", "flap-20", "distill"),
     ("slimllm-50", "slimllm-50", None),
     ("slimllm-50 + distill", "slimllm-50", "distill"),
+    ("slimllm-20 + distill 60 min", "slimllm-20", "distill-60min"),
+    ("slimllm-50 + distill 60 min", "slimllm-50", "distill-60min"),
 ]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from slimllm import offload
 from slimllm.modeling import is_pruned_config, legacy_family, pruned_classes
 from slimllm.modeling import modeling_slimllm as _modeling_module
 from slimllm.models.base import copy_buffers
@@ -129,17 +130,31 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}") from None
 
 
-def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | None = None):
+def load(
+    source: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    on_disk: bool = False,
+):
     """Load ``(model, tokenizer)`` from a built-in name, local folder, ``.gguf`` file or hub id.
 
     The model is returned in eval mode, in ``dtype`` (default float32 on CPU, the checkpoint's
-    dtype elsewhere), on ``device`` (default CPU).
+    dtype elsewhere), on ``device`` (default CPU). With ``on_disk`` (a built-in or a local
+    safetensors folder), no weight is read: every parameter is a ``meta`` placeholder and each
+    decoder layer, the embeddings, the final norm and the head read their tensors from the files
+    when :func:`slimllm.layer_walk.on_device` brings them in (:mod:`slimllm.offload`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype) or torch.float32
     check_model_source(source)
     text = str(source)
+    if on_disk and not (text in BUILTIN_MODELS or (Path(text).is_dir() and not text.endswith(".gguf"))):
+        raise ModelSourceError(
+            f"{text}: weights can stay on disk only for a built-in model or a local safetensors folder "
+            "(convert a .gguf or hub model to a folder first, or load it in memory)"
+        )
     if text in BUILTIN_MODELS:
         folder = _materialise_builtin(text)
     elif text.endswith(".gguf"):
@@ -150,6 +165,8 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         folder = Path(text)
     else:
         folder = text  # a hub id; transformers reports unreachable hubs and unknown ids
+    if on_disk:
+        return _load_on_disk(Path(folder), torch_dtype), AutoTokenizer.from_pretrained(str(folder))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch_dtype, use_safetensors=True, **_legacy_config(folder)
@@ -159,6 +176,27 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         raise ModelSourceError(f"cannot load model {text!r}: {error}") from error
     model.eval()
     return model.to(device or "cpu"), tokenizer
+
+
+def _load_on_disk(folder: Path, dtype: torch.dtype):
+    """The model of ``folder`` with its parameters on ``meta``, each piece reading its weights from the files."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slimllm.models import adapter_for
+
+    config = _legacy_config(folder).get("config") or AutoConfig.from_pretrained(str(folder))
+    with init_empty_weights():  # parameters on meta; buffers (RoPE frequencies) computed for real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    model.eval()
+    files = offload.TensorFiles.of_folder(folder)
+    try:
+        for prefix, module in offload.disk_units(model, adapter_for(model.config)):
+            offload.attach(module, files, prefix)
+    except ValueError as error:
+        raise ModelSourceError(f"{folder}: {error}") from error
+    return model
 
 
 def check_model_source(source: str | os.PathLike) -> None:
@@ -241,6 +279,43 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False):
         os.replace(tmp, path)
 
 
+def _save_from_disk(model, folder: Path) -> None:
+    """``save_pretrained`` for a model whose pieces are on disk: its weights are streamed into
+    shards a piece at a time (each shard holds whole pieces and is no larger than the largest
+    piece, so writing never holds more than one piece's worth in memory beyond what pruning did),
+    with the same tensor names and index as ``save_pretrained`` writes."""
+    from safetensors.torch import save_file
+
+    units = offload.units_of(model)
+    sizes = [sum(t.numel() * t.element_size() for _, t in offload.tensors_of(unit)) for _, unit in units]
+    shards, limit, filled = [[]], max(sizes), 0
+    for unit, size in zip(units, sizes, strict=True):
+        if shards[-1] and filled + size > limit:
+            shards, filled = [*shards, []], 0
+        shards[-1].append(unit)
+        filled += size
+    expected = set(model.state_dict()) - ({"lm_head.weight"} if model.config.tie_word_embeddings else set())
+    written = {prefix + name for prefix, unit in units for name, _ in offload.tensors_of(unit)}
+    if written != expected:
+        raise RuntimeError(f"weights not held by any piece: {sorted(expected - written)[:3]}")
+    weight_map = {}
+    for number, shard in enumerate(shards, start=1):
+        file = "model.safetensors" if len(shards) == 1 else f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        state = {}
+        for prefix, unit in shard:
+            state.update({prefix + name: tensor for name, tensor in offload.read_tensors(unit)})
+        save_file(state, str(folder / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(state, file))
+        del state
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / offload.SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    model.config.dtype = next(model.parameters()).dtype
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(folder)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -274,7 +349,10 @@ def save(
             "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{type(model).__name__}",
         }
         model.config.architectures = [type(model).__name__]
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if offload.has_disk_modules(model):
+            _save_from_disk(model, tmp)
+        else:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
         shutil.copyfile(_modeling_module.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

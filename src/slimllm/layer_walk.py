@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from slimllm import offload
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.models.base import ModelAdapter
 from slimllm.stats import HeldOutMoments, Moments, PairedColumnMoments
@@ -53,7 +54,22 @@ def _to(value, device):
 
 @contextlib.contextmanager
 def on_device(module: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
-    """Move ``module`` to ``device`` for the block, then back where it was."""
+    """Move ``module`` to ``device`` for the block, then back where it was.
+
+    A module whose weights are on disk (:mod:`slimllm.offload`) is read onto ``device`` and its
+    weights dropped again after the block, unless the block replaced some of them (surgery):
+    then it keeps its new weights, in CPU memory."""
+    if offload.on_disk(module):
+        offload.read_in(module, device)
+        try:
+            yield module
+        finally:
+            if offload.changed_while_resident(module):
+                module.to("cpu")
+                offload.keep_in_memory(module)
+            else:
+                offload.drop(module)
+        return
     home = next(itertools.chain(module.parameters(), module.buffers())).device
     if torch.device(device) == home:
         yield module

@@ -7,12 +7,17 @@ channels → surgery + regression → the pruned layer's outputs feed the next l
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+import weakref
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from slimllm import offload
 from slimllm.allocation import Allocation, layer_costs
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.data.sources import calibration_windows
@@ -43,7 +48,8 @@ class _Timer:
 def _resolve_device(config: PruneConfig, model: torch.nn.Module) -> torch.device:
     if config.device:
         return torch.device(config.device)
-    return next(model.parameters()).device
+    device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device  # weights on disk are read onto the CPU
 
 
 def _check_gqa_mode(config: PruneConfig, adapter: ModelAdapter, layers) -> None:
@@ -61,6 +67,7 @@ def prune(
     data: torch.Tensor | None = None,
     *,
     progress: bool = True,
+    work_dir: str | Path | None = None,
 ) -> tuple[torch.nn.Module, PrunePlan]:
     """Prune ``model`` with SlimLLM (or ``config.method``); the input model is left untouched.
 
@@ -68,6 +75,11 @@ def prune(
     ``config.calib`` is tokenised with ``tokenizer``. Returns the pruned model (the family's
     stock class with per-layer shapes, :mod:`slimllm.modeling`) and the :class:`PrunePlan`
     (with ``plan.report``).
+
+    A model loaded with ``slimllm.load(..., on_disk=True)`` is pruned out of core: each layer is
+    read in when the walk reaches it, and once pruned written to a file in ``work_dir`` (a new
+    temporary folder if not given, removed with the returned model) and dropped from memory;
+    :func:`slimllm.save` then streams the layers into the output's shards.
     """
     config = config or PruneConfig()
     config.validate()
@@ -75,6 +87,12 @@ def prune(
     wall_start = time.perf_counter()
     adapter = adapter_for(model.config)
     method = build_method(config)
+    out_of_core = offload.has_disk_modules(model)
+    if out_of_core and method.whole_model:
+        raise ConfigError(
+            f"--method {config.method} needs the whole model in memory at once, and this model's weights are "
+            "read from disk a layer at a time: load it in memory (slimllm prune --in-memory)"
+        )
     device = _resolve_device(config, model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -128,6 +146,7 @@ def prune(
             allocation = search.run()
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
+    spill = _LayerSpill(slim, work_dir) if out_of_core else None
     layer_plans, layer_rows = [], []
     with timer.phase("prune_layers"), CoreShare(config.threads) as pruning_cores:
         batches = layer0_inputs
@@ -136,6 +155,8 @@ def prune(
             start, before = time.perf_counter(), count_parameters(layer)
             with on_device(layer, device):
                 record, batches = prune_layer(index, layer, batches, cosines[index])
+            if spill is not None and not offload.on_disk(layer):  # pruned: its new weights go to disk
+                spill(index, layer)
             layer_plans.append(record)
             layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
     adapter.sync_config(slim)
@@ -156,6 +177,22 @@ def prune(
         prune_layer, (cores, pruning_cores), timer.seconds, device,
     )  # fmt: skip
     return slim, plan
+
+
+class _LayerSpill:
+    """Writes each pruned layer to ``work_dir/layer-NNNNN.safetensors`` and drops it from memory
+    (out-of-core pruning); a temporary ``work_dir`` is removed when the pruned model is."""
+
+    def __init__(self, slim: torch.nn.Module, work_dir: str | Path | None):
+        if work_dir is None:
+            work_dir = tempfile.mkdtemp(prefix="slimllm-prune-")
+            weakref.finalize(slim, shutil.rmtree, work_dir, ignore_errors=True)
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.names = {id(module): name for name, module in slim.named_modules()}
+
+    def __call__(self, index: int, layer: torch.nn.Module) -> None:
+        offload.spill(layer, self.work_dir / f"layer-{index:05d}.safetensors", self.names[id(layer)] + ".")
 
 
 def _report(

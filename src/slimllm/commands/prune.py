@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 
@@ -32,6 +33,12 @@ def register(subparsers) -> None:
         + "); options given on the command line override it",
     )
     add_dataclass_arguments(p, PruneConfig)
+    p.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="load the whole model before pruning (the default for a .gguf file, a hub id, taylor and @search); "
+        "otherwise a built-in or local folder is pruned out of core: one decoder layer in memory at a time",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -73,6 +80,20 @@ def print_summary(report: dict, output: str, console=None) -> None:
     )
 
 
+def out_of_core_possible(source: str, config) -> bool:
+    """Whether ``source`` can be pruned with its layers read from disk: a built-in or a local
+    safetensors folder, and a method that does not need the whole model at once."""
+    from pathlib import Path
+
+    from slimllm.io import BUILTIN_MODELS
+    from slimllm.methods import build_method
+
+    folder = Path(source)
+    if source not in BUILTIN_MODELS and not (folder.is_dir() and any(folder.glob("*.safetensors"))):
+        return False
+    return not build_method(config).whole_model
+
+
 def run(args) -> int:
     from slimllm.config import ConfigError
 
@@ -92,25 +113,28 @@ def run(args) -> int:
         print(f"slimllm prune: output folder {output} already exists (pass --overwrite)", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    out_of_core = not args.in_memory and out_of_core_possible(args.model, config)
     try:
-        model, tokenizer = slimllm.load(args.model, dtype=args.dtype)
+        model, tokenizer = slimllm.load(args.model, dtype=args.dtype, on_disk=out_of_core)
     except (ModelSourceError, ValueError) as error:
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
     load_seconds = time.perf_counter() - start
+    work_dir = output.parent / f".{output.name}.slimllm-work"  # the pruned layers, until the output is written
     try:
-        pruned, plan = slimllm.prune(model, tokenizer, config, progress=not args.quiet)
-    except ValueError as error:
-        print(f"slimllm prune: {error}", file=sys.stderr)
-        return 2
-    plan.source = str(args.model)
-    plan.report["model"] = str(args.model)
-    plan.report["seconds"]["load_model"] = load_seconds
-    try:
+        pruned, plan = slimllm.prune(
+            model, tokenizer, config, progress=not args.quiet, work_dir=work_dir if out_of_core else None
+        )
+        plan.source = str(args.model)
+        plan.report["model"] = str(args.model)
+        plan.report["out_of_core"] = out_of_core
+        plan.report["seconds"]["load_model"] = load_seconds
         slimllm.save(pruned, tokenizer, plan, output, overwrite=args.overwrite, started=start)
-    except OutputExistsError as error:
+    except (OutputExistsError, ValueError) as error:
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
     if not args.quiet:
         print_summary(plan.report, str(output))
     return 0

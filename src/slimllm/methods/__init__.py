@@ -75,6 +75,8 @@ def build_method(config: PruneConfig) -> Method:
         allocation=allocation,
         allocator=allocator,
         prepare=_chain(prepares),
+        # the search keeps candidate layers and runs the head on every trial
+        whole_model=spec.whole_model or allocation == "search",
     )
 
 

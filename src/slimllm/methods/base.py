@@ -153,6 +153,9 @@ class MethodSpec:
     default_allocation: str
     build: Callable[[PruneConfig], Criteria]
     beyond_paper: bool = False
+    # needs every weight in memory at once (a backward pass over the whole model), so it cannot
+    # prune a model whose layers are read from disk one at a time
+    whole_model: bool = False
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Method:
     allocation: str
     allocator: Allocator
     prepare: Prepare | None = None
+    whole_model: bool = False
 
     @property
     def adds_bias(self) -> bool:

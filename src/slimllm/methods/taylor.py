@@ -161,4 +161,4 @@ def _taylor(config) -> Criteria:
     return Criteria(TaylorHeads(scores), TaylorChannels(scores), NoRecovery(), prepare=scores.prepare)
 
 
-register(MethodSpec("taylor", "Σ |w · ∂L/∂w| over each structure (LLM-Pruner)", "uniform", _taylor))
+register(MethodSpec("taylor", "Σ |w · ∂L/∂w| over each structure (LLM-Pruner)", "uniform", _taylor, whole_model=True))

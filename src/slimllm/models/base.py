@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from slimllm import offload
 from slimllm.modeling import configure_layer, layer_query_to_kv, layer_shape_record, pruned_classes
 
 __all__ = ["AttentionParts", "MlpParts", "ModelAdapter", "UnsupportedModelError", "configure_layer", "copy_buffers"]
@@ -113,6 +114,8 @@ class ModelAdapter:
             )
         if tied:
             slim.lm_head.weight = slim.model.embed_tokens.weight
+        for prefix, module in offload.units_of(model):  # weights still on disk stay there
+            offload.attach(slim.get_submodule(prefix[:-1]), offload.disk_weights(module).files, prefix)
         copy_buffers(model, slim)
         slim.eval()
         if hasattr(model, "generation_config"):
@@ -120,8 +123,12 @@ class ModelAdapter:
         return slim
 
     # -- accessors ---------------------------------------------------------------------------
+    def decoder(self, model: nn.Module) -> nn.Module:
+        """The decoder stack under the language-model head (embeddings, layers, final norm)."""
+        return model.model
+
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.layers
+        return self.decoder(model).layers
 
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The model's logits for the last decoder layer's output: final norm, head and (Gemma 2/3)
