@@ -42,17 +42,18 @@ PRUNES = {
     "slimllm-50": ["--ratio", "0.5"],
     "flap-20": ["--ratio", "0.2", "--method", "flap"],
 }
+# the budget: 60 minutes of training on 2 cores (~62 tokens/s → ~200 steps), cut at 60 min if slower
+DISTILL_60_MIN = [
+    "distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "200", "--max-minutes", "60",
+    "--eval-steps", "20", "--warmup-steps", "20",
+]  # fmt: skip
 RECOVERIES = {
     "distill": ["distill", "--teacher", DENSE, "--lr", "1e-4"],
     "finetune-full": ["distill", "--teacher", DENSE, "--lr", "1e-4", "--kl-weight", "0", "--ce-weight", "1"],
     "lora": ["finetune", "--lr", "2e-4"],
     # as many steps as fit in the LoRA row's training time (459 s at the 20% row's 59.6 tokens/s)
     "distill-lora-time": ["distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "27", "--eval-steps", "9"],
-    # the budget: 60 minutes of training on 2 cores (~62 tokens/s → ~200 steps), cut at 60 min if slower
-    "distill-60min": [
-        "distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "200", "--max-minutes", "60",
-        "--eval-steps", "20", "--warmup-steps", "20",
-    ],  # fmt: skip
+    "distill-60min": DISTILL_60_MIN,
 }
 ROWS = [
     ("dense", None, None),

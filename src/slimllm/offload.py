@@ -31,7 +31,6 @@ class TensorFiles:
 
     def __init__(self, files: dict[str, Path]):
         self.files = files  # tensor name -> file
-        self._handles: dict[Path, object] = {}
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> TensorFiles:
@@ -56,15 +55,18 @@ class TensorFiles:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
-    def get(self, name: str) -> torch.Tensor:
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors ``names``, copied into memory. Each file is mapped only while it is read,
+        so pages of weights already used do not linger in the process's memory."""
         from safetensors import safe_open
 
-        path = self.files[name]
-        if path not in self._handles:
-            self._handles[path] = safe_open(str(path), framework="pt")
-        return self._handles[path].get_tensor(name)
+        tensors = {}
+        for path in dict.fromkeys(self.files[name] for name in names):
+            with safe_open(str(path), framework="pt") as handle:
+                tensors.update({name: handle.get_tensor(name) for name in names if self.files[name] == path})
+        return tensors
 
-    def __deepcopy__(self, memo):  # shared by copies of a module: it holds file handles, not weights
+    def __deepcopy__(self, memo):  # shared by copies of a module: it names files, it holds no weights
         return self
 
 
@@ -116,18 +118,18 @@ def read_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     weights = disk_weights(module)
     if weights is None or weights.resident is not None:
         return [(name, tensor.detach().cpu().contiguous()) for name, tensor in _offloaded(module)]
-    return [
-        (name, weights.files.get(weights.prefix + name).to(placeholder.dtype))
-        for name, placeholder in _offloaded(module)
-    ]
+    placeholders = dict(_offloaded(module))
+    stored = weights.files.read([weights.prefix + name for name in placeholders])
+    return [(name, stored[weights.prefix + name].to(placeholder.dtype)) for name, placeholder in placeholders.items()]
 
 
 def read_in(module: nn.Module, device: torch.device | str) -> None:
     """Read ``module``'s tensors from disk onto ``device``, each in the dtype the module asks for."""
     weights = disk_weights(module)
-    for name, placeholder in _offloaded(module):
-        tensor = weights.files.get(weights.prefix + name).to(device=device, dtype=placeholder.dtype)
-        _replace(module, name, tensor)
+    placeholders = dict(_offloaded(module))
+    stored = weights.files.read([weights.prefix + name for name in placeholders])
+    for name, placeholder in placeholders.items():
+        _replace(module, name, stored.pop(weights.prefix + name).to(device=device, dtype=placeholder.dtype))
     weights.resident = [id(p) for p in module.parameters()]
 
 

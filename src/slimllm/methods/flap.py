@@ -91,11 +91,13 @@ class FlapAllocation:
             attn, mlp = adapter.attention(layer), adapter.mlp(layer)
             o_in = Moments(attn.o_proj.in_features, device, full=False, where="o_proj input (FLAP)")
             h_in = Moments(mlp.width, device, full=False, where="down_proj input (FLAP)")
-            with on_device(layer, device), hooks(_grab(attn.o_proj, o_in), _grab(mlp.down_proj, h_in)):
-                batches = run_layer(layer, index, batches)
-            units = attention_units(attn.query_to_kv, self.gqa)
-            self.head_scores.append(flap_head_scores(weight64(attn.o_proj), o_in.variance, attn.head_dim, units).cpu())
-            self.channel_scores.append(flap_channel_scores(weight64(mlp.down_proj), h_in.variance).cpu())
+            with on_device(layer, device):  # the scores read the weights: inside, where they are resident
+                with hooks(_grab(attn.o_proj, o_in), _grab(mlp.down_proj, h_in)):
+                    batches = run_layer(layer, index, batches)
+                units = attention_units(attn.query_to_kv, self.gqa)
+                o_weight, down_weight = weight64(attn.o_proj), weight64(mlp.down_proj)
+                self.head_scores.append(flap_head_scores(o_weight, o_in.variance, attn.head_dim, units).cpu())
+                self.channel_scores.append(flap_channel_scores(down_weight, h_in.variance).cpu())
 
     def __call__(self, cosines, costs, dense_params: int, config):
         if len(self.head_scores) != len(costs):
