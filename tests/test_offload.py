@@ -167,3 +167,102 @@ def test_peak_memory_is_flat_in_the_number_of_layers(tmp_path):
     assert peaks["disk", 32] < 1.10 * peaks["disk", 8], peaks  # the issue's bound
     assert peaks["memory", 32] > 1.15 * peaks["memory", 8], peaks  # 24 layers × 3.9 MB are visible
     _assert_same_model(tmp_path / "disk-32", tmp_path / "memory-32")
+
+
+# -- resuming ------------------------------------------------------------------------------------
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("recovery", ["regression", "ridge-dense"])  # ridge-dense carries the dense states too
+def test_an_interrupted_prune_resumes_to_the_uninterrupted_result(recovery, tmp_path, monkeypatch):
+    from slimllm.layer_pruner import LayerPruner
+
+    source = _folder(FAMILIES["qwen2"](), tmp_path / "dense")
+    config = PruneConfig(ratio=0.3, recovery=recovery)
+    model, tokenizer = slimllm.load(source, on_disk=True)
+    whole, whole_plan = slimllm.prune(model, tokenizer, config, _windows(), progress=False)
+    slimllm.save(whole, tokenizer, whole_plan, tmp_path / "whole")
+
+    work = tmp_path / "work"
+    original = LayerPruner.__call__
+
+    def interrupt_at_layer_2(self, index, *args):
+        if index == 2:
+            raise _Interrupted
+        return original(self, index, *args)
+
+    monkeypatch.setattr(LayerPruner, "__call__", interrupt_at_layer_2)
+    model, tokenizer = slimllm.load(source, on_disk=True)
+    with pytest.raises(_Interrupted):
+        slimllm.prune(model, tokenizer, config, _windows(), progress=False, work_dir=work)
+    monkeypatch.setattr(LayerPruner, "__call__", original)
+    assert sorted(p.name for p in work.glob("*.record.safetensors")) == [
+        "layer-00000.record.safetensors",
+        "layer-00001.record.safetensors",
+    ]
+
+    calls = []
+    monkeypatch.setattr(
+        LayerPruner, "__call__", lambda self, index, *a: calls.append(index) or original(self, index, *a)
+    )
+    model, tokenizer = slimllm.load(source, on_disk=True)
+    resumed, resumed_plan = slimllm.prune(
+        model, tokenizer, config, _windows(), progress=False, work_dir=work, resume=True
+    )
+    assert calls == [2, 3]  # the finished layers are not pruned again
+    slimllm.save(resumed, tokenizer, resumed_plan, tmp_path / "resumed")
+    _assert_same_model(tmp_path / "whole", tmp_path / "resumed")
+    assert resumed_plan.to_json()["layers"] == whole_plan.to_json()["layers"]
+
+
+def test_resuming_a_different_command_is_a_clear_error(tmp_path):
+    source = _folder(FAMILIES["llama"](), tmp_path / "dense")
+    work = tmp_path / "work"
+    model, tokenizer = slimllm.load(source, on_disk=True)
+    slimllm.prune(model, tokenizer, PruneConfig(ratio=0.3), _windows(), progress=False, work_dir=work)
+    model, tokenizer = slimllm.load(source, on_disk=True)
+    with pytest.raises(ConfigError, match=r"differs from the interrupted one.*ratio: 0.3 → 0.2"):
+        slimllm.prune(model, tokenizer, PruneConfig(ratio=0.2), _windows(), progress=False, work_dir=work, resume=True)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        slimllm.prune(
+            model, tokenizer, PruneConfig(ratio=0.2), _windows(), progress=False, work_dir=tmp_path / "new", resume=True
+        )
+
+
+def test_a_killed_prune_process_resumes_to_the_uninterrupted_output(tmp_path):
+    """SIGKILL a real ``slimllm prune`` once some layers are recorded; ``--resume`` finishes it,
+    equal to an uninterrupted run; no output folder exists in between."""
+    import signal
+    import time
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=257, hidden_size=256, intermediate_size=1024, num_hidden_layers=12,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    source = _folder(LlamaForCausalLM(config), tmp_path / "dense")
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(f"passage {i}: " + "the cat sat on the mat and looked at me " * 40 for i in range(40)))
+    command = [sys.executable, "-m", "slimllm", "prune", str(source), "--ratio", "0.2", "--calib", str(calib)]
+    command += ["--nsamples", "16", "--seqlen", "64", "--threads", "1", "--quiet"]
+    subprocess.run([*command, "--output", str(tmp_path / "whole")], check=True, capture_output=True)
+
+    output, work = tmp_path / "pruned", tmp_path / ".pruned.slimllm-work"
+    process = subprocess.Popen(
+        [*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (work / "layer-00002.record.safetensors").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the prune ended before it could be killed"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(work.glob("*.record.safetensors")))
+    assert 3 <= finished < 12 and not output.exists()
+
+    subprocess.run([*command, "--output", str(output), "--resume"], check=True, capture_output=True)
+    _assert_same_model(tmp_path / "whole", output)
+    assert not work.exists()
+    whole_plan = json.loads((tmp_path / "whole" / "slimllm_plan.json").read_text())
+    assert json.loads((output / "slimllm_plan.json").read_text())["layers"] == whole_plan["layers"]

@@ -19,17 +19,19 @@ from tqdm.auto import tqdm
 
 from slimllm import offload
 from slimllm.allocation import Allocation, layer_costs
+from slimllm.checkpoint import PruneCheckpoint, windows_digest
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.data.sources import calibration_windows
 from slimllm.io import resolve_dtype
 from slimllm.layer_pruner import LayerPruner
-from slimllm.layer_walk import capture_layer_inputs, on_device, run_layer, token_cosine
+from slimllm.layer_walk import LayerBatch, capture_layer_inputs, on_device, run_layer, token_cosine
 from slimllm.methods import build_method
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.runtime import CoreShare, count_parameters, versions
 from slimllm.search import AllocationSearch
+from slimllm.surgery import apply_layer_plan
 
 
 class _Timer:
@@ -68,6 +70,7 @@ def prune(
     *,
     progress: bool = True,
     work_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[torch.nn.Module, PrunePlan]:
     """Prune ``model`` with SlimLLM (or ``config.method``); the input model is left untouched.
 
@@ -79,7 +82,9 @@ def prune(
     A model loaded with ``slimllm.load(..., on_disk=True)`` is pruned out of core: each layer is
     read in when the walk reaches it, and once pruned written to a file in ``work_dir`` (a new
     temporary folder if not given, removed with the returned model) and dropped from memory;
-    :func:`slimllm.save` then streams the layers into the output's shards.
+    :func:`slimllm.save` then streams the layers into the output's shards. With a ``work_dir``,
+    the run is recorded there as it goes (:mod:`slimllm.checkpoint`) and ``resume`` continues an
+    interrupted run from its last finished layer, to the same result.
     """
     config = config or PruneConfig()
     config.validate()
@@ -93,6 +98,8 @@ def prune(
             f"--method {config.method} needs the whole model in memory at once, and this model's weights are "
             "read from disk a layer at a time: load it in memory (slimllm prune --in-memory)"
         )
+    if resume and not (out_of_core and work_dir is not None):
+        raise ConfigError("resuming needs an out-of-core prune (a model loaded on disk) and its work folder")
     device = _resolve_device(config, model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,17 +125,27 @@ def prune(
     # What the ratio counts: every parameter (the paper), or the decoder layers' only.
     ratio_base = dense_params if config.ratio_of == "all" else count_parameters(layers)
 
+    checkpoint = None
+    if out_of_core and work_dir is not None:
+        checkpoint = PruneCheckpoint(work_dir, _run_record(model, config, data), resume=resume)
+
     with timer.phase("capture_inputs"):
         layer0_inputs = capture_layer_inputs(slim, adapter, data, config.batch_size, device)
 
     with timer.phase("layer_cosines"), CoreShare(config.threads) as cores:
-        cosines, batches = [], layer0_inputs
-        for index, layer in enumerate(tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False)):
-            cores.adjust()
-            with on_device(layer, device):
-                outputs = run_layer(layer, index, batches)
-            cosines.append(token_cosine(batches, outputs))
-            batches = outputs
+        cosines = checkpoint.cosines() if checkpoint is not None else None  # recorded by an interrupted run
+        if cosines is None:
+            cosines, batches = [], layer0_inputs
+            for index, layer in enumerate(
+                tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False)
+            ):
+                cores.adjust()
+                with on_device(layer, device):
+                    outputs = run_layer(layer, index, batches)
+                cosines.append(token_cosine(batches, outputs))
+                batches = outputs
+            if checkpoint is not None:
+                checkpoint.save_cosines(cosines)
 
     if method.prepare is not None:
         with timer.phase("prepare_method"):
@@ -147,10 +164,18 @@ def prune(
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
     spill = _LayerSpill(slim, work_dir) if out_of_core else None
-    layer_plans, layer_rows = [], []
+    layer_plans, layer_rows, batches = [], [], layer0_inputs
+    finished = checkpoint.finished_layers(len(layers)) if checkpoint is not None else 0
+    if finished:
+        batches = _restore_finished(checkpoint, finished, slim, adapter, prune_layer, layer0_inputs, device)
+        for index in range(finished):
+            record, row, *_ = checkpoint.load_layer(index)
+            layer_plans.append(record)
+            layer_rows.append(row)
     with timer.phase("prune_layers"), CoreShare(config.threads) as pruning_cores:
-        batches = layer0_inputs
-        for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
+        for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress, initial=finished)):
+            if index < finished:
+                continue
             pruning_cores.adjust()
             start, before = time.perf_counter(), count_parameters(layer)
             with on_device(layer, device):
@@ -159,6 +184,8 @@ def prune(
                 spill(index, layer)
             layer_plans.append(record)
             layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
+            if checkpoint is not None:
+                checkpoint.finish_layer(record, layer_rows[-1], prune_layer.surplus, batches, prune_layer.dense_inputs)
     adapter.sync_config(slim)
 
     plan = PrunePlan(
@@ -177,6 +204,36 @@ def prune(
         prune_layer, (cores, pruning_cores), timer.seconds, device,
     )  # fmt: skip
     return slim, plan
+
+
+def _run_record(model, config: PruneConfig, windows: torch.Tensor) -> dict:
+    """What identifies a prune, for resuming it: the settings, the calibration windows, the
+    model's config and the files its weights are read from (names and sizes)."""
+    files = sorted({str(w.files.files[name]) for _, m in offload.units_of(model) for w in [offload.disk_weights(m)]
+                    for name in w.files.files})  # fmt: skip
+    return {
+        "settings": config.to_dict(),
+        "calibration_windows": windows_digest(windows),
+        "model_config": {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"},
+        "weight_files": {path: Path(path).stat().st_size for path in files},
+    }
+
+
+def _restore_finished(checkpoint, finished, slim, adapter, pruner, layer0_inputs, device) -> list[LayerBatch]:
+    """Give the first ``finished`` layers their recorded pruned shapes and weight files, the
+    pruner its running surplus; return the hidden states the last of them passed on."""
+    layers, names = adapter.layers(slim), {id(m): n for n, m in slim.named_modules()}
+    for index in range(finished):
+        record, _row, surplus, outputs, dense = checkpoint.load_layer(index)
+        layer, path = layers[index], checkpoint.layer_file(index)
+        if path.is_file():  # pruned: its shapes follow the plan, its weights are in the file
+            apply_layer_plan(adapter, layer, record)
+            offload.attach(layer, offload.TensorFiles.of_files([path]), names[id(layer)] + ".")
+    kwargs = [batch.layer_kwargs for batch in layer0_inputs]
+    pruner.surplus = surplus
+    if dense:
+        pruner.dense_inputs = [LayerBatch(h.to(device), k) for h, k in zip(dense, kwargs, strict=True)]
+    return [LayerBatch(h.to(device), k) for h, k in zip(outputs, kwargs, strict=True)]
 
 
 class _LayerSpill:

@@ -11,7 +11,7 @@ from torch import nn
 
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
-from slimllm.plan import PrunePlan, Recovery
+from slimllm.plan import LayerPlan, PrunePlan, Recovery
 
 
 def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list[int] | None = None) -> nn.Linear:
@@ -108,14 +108,18 @@ def apply_plan(model: nn.Module, plan: PrunePlan):
     if len(layers) != plan.num_layers:
         raise ValueError(f"the plan is for {plan.num_layers} layers, the model has {len(layers)}")
     for record in plan.layers:
-        layer = layers[record.index]
-        if len(record.kept_heads) < adapter.attention(layer).num_heads:
-            prune_heads(adapter, layer, record.kept_heads)
-        if record.attn_recovery is not None:
-            recover_attention(adapter, layer, record.attn_recovery)
-        if len(record.kept_channels) < adapter.mlp(layer).width:
-            prune_channels(adapter, layer, record.kept_channels)
-        if record.mlp_recovery is not None:
-            recover_mlp(adapter, layer, record.mlp_recovery)
+        apply_layer_plan(adapter, layers[record.index], record)
     adapter.sync_config(slim)
     return slim
+
+
+def apply_layer_plan(adapter: ModelAdapter, layer: nn.Module, record: LayerPlan) -> None:
+    """Cut and refit one dense layer as ``record`` says (on ``meta`` placeholders too: the shapes follow)."""
+    if len(record.kept_heads) < adapter.attention(layer).num_heads:
+        prune_heads(adapter, layer, record.kept_heads)
+    if record.attn_recovery is not None:
+        recover_attention(adapter, layer, record.attn_recovery)
+    if len(record.kept_channels) < adapter.mlp(layer).width:
+        prune_channels(adapter, layer, record.kept_channels)
+    if record.mlp_recovery is not None:
+        recover_mlp(adapter, layer, record.mlp_recovery)

@@ -39,6 +39,12 @@ def register(subparsers) -> None:
         help="load the whole model before pruning (the default for a .gguf file, a hub id, taylor and @search); "
         "otherwise a built-in or local folder is pruned out of core: one decoder layer in memory at a time",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted out-of-core prune (same command) from its last finished layer; "
+        "its work is kept in .OUTPUT.slimllm-work beside the output until the output is written",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -109,6 +115,9 @@ def run(args) -> int:
     from slimllm.io import ModelSourceError, OutputExistsError
 
     output = Path(args.output)
+    if args.resume and args.in_memory:
+        print("slimllm prune: --resume continues an out-of-core prune; drop --in-memory", file=sys.stderr)
+        return 2
     if output.exists() and not args.overwrite:
         print(f"slimllm prune: output folder {output} already exists (pass --overwrite)", file=sys.stderr)
         return 2
@@ -120,11 +129,17 @@ def run(args) -> int:
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
     load_seconds = time.perf_counter() - start
-    work_dir = output.parent / f".{output.name}.slimllm-work"  # the pruned layers, until the output is written
+    work_dir = output.parent / f".{output.name}.slimllm-work"  # the run's record, until the output is written
+    if args.resume and not out_of_core:
+        print(f"slimllm prune: --resume: {args.model} is pruned in memory, which cannot resume", file=sys.stderr)
+        return 2
+    if work_dir.exists() and not args.resume:
+        print(f"note: starting over; the interrupted run's work in {work_dir} is discarded (--resume continues it)")
     try:
         pruned, plan = slimllm.prune(
-            model, tokenizer, config, progress=not args.quiet, work_dir=work_dir if out_of_core else None
-        )
+            model, tokenizer, config, progress=not args.quiet, work_dir=work_dir if out_of_core else None,
+            resume=args.resume,
+        )  # fmt: skip
         plan.source = str(args.model)
         plan.report["model"] = str(args.model)
         plan.report["out_of_core"] = out_of_core
@@ -133,8 +148,7 @@ def run(args) -> int:
     except (OutputExistsError, ValueError) as error:
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    shutil.rmtree(work_dir, ignore_errors=True)
     if not args.quiet:
         print_summary(plan.report, str(output))
     return 0
