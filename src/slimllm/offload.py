@@ -163,6 +163,12 @@ def keep_in_memory(module: nn.Module) -> None:
     delattr(module, _ATTRIBUTE)
 
 
+def discard(module: nn.Module) -> None:
+    """Free ``module``'s tensors for good (another process keeps them): ``meta`` placeholders, nothing on disk."""
+    for name, tensor in _offloaded(module):
+        _replace(module, name, torch.empty_like(tensor, device="meta"))
+
+
 def spill(module: nn.Module, path: str | Path, prefix: str) -> None:
     """Write ``module``'s tensors to the safetensors file ``path`` (named ``prefix`` + name), then
     drop them from memory: the module reads them back from ``path`` when next used."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from slimllm import offload
+from slimllm import offload, parallel
 from slimllm.allocation import Allocation, layer_costs
 from slimllm.checkpoint import PruneCheckpoint, windows_digest
 from slimllm.config import ConfigError, PruneConfig
@@ -100,6 +100,10 @@ def prune(
         )
     if resume and not (out_of_core and work_dir is not None):
         raise ConfigError("resuming needs an out-of-core prune (a model loaded on disk) and its work folder")
+    processes = parallel.world_size()
+    if processes > 1 and (resume or method.allocation == "search"):
+        raise ConfigError(f"{'resuming' if resume else '@search'} runs in one process; drop torchrun")
+    progress = progress and parallel.is_main_process()
     device = _resolve_device(config, model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -113,6 +117,8 @@ def prune(
             calib_info = {"source": "tensor", "windows": int(data.shape[0])}
         if data.ndim != 2 or data.shape[1] < 2:
             raise ValueError(f"calibration data must be (nsamples, seqlen) token ids, got shape {tuple(data.shape)}")
+        run_record = _run_record(model, config, data) if out_of_core and work_dir is not None else None
+        data = parallel.share_windows(data, config.batch_size)  # this process's batches (all, when alone)
 
     with timer.phase("convert"):
         slim = adapter.to_slim(model)
@@ -126,8 +132,8 @@ def prune(
     ratio_base = dense_params if config.ratio_of == "all" else count_parameters(layers)
 
     checkpoint = None
-    if out_of_core and work_dir is not None:
-        checkpoint = PruneCheckpoint(work_dir, _run_record(model, config, data), resume=resume)
+    if run_record is not None and processes == 1:
+        checkpoint = PruneCheckpoint(work_dir, run_record, resume=resume)
 
     with timer.phase("capture_inputs"):
         layer0_inputs = capture_layer_inputs(slim, adapter, data, config.batch_size, device)
@@ -181,7 +187,7 @@ def prune(
             with on_device(layer, device):
                 record, batches = prune_layer(index, layer, batches, cosines[index])
             if spill is not None and not offload.on_disk(layer):  # pruned: its new weights go to disk
-                spill(index, layer)
+                spill(index, layer)  # (by the first process; the others hold the same weights and drop them)
             layer_plans.append(record)
             layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
             if checkpoint is not None:
@@ -249,6 +255,9 @@ class _LayerSpill:
         self.names = {id(module): name for name, module in slim.named_modules()}
 
     def __call__(self, index: int, layer: torch.nn.Module) -> None:
+        if not parallel.is_main_process():
+            offload.discard(layer)
+            return
         offload.spill(layer, self.work_dir / f"layer-{index:05d}.safetensors", self.names[id(layer)] + ".")
 
 

@@ -163,12 +163,14 @@ class HeldOutMoments:
     to :attr:`fit`. Used to choose a ridge penalty on calibration windows the fit did not see.
     """
 
-    def __init__(self, dim: int, batches: int, device, where: str):
+    def __init__(self, dim: int, batches: int, device, where: str, *, first_batch: int = 0):
+        """``batches`` in all; the ones this object sees start at number ``first_batch`` (a
+        process's share, :mod:`slimllm.parallel`)."""
         self.held_out = held_out_batches(batches)
         self.first_held = batches - self.held_out
         self.fit = Moments(dim, device, where=where)
         self.held = Moments(dim, device, where=where)
-        self._seen = 0
+        self._seen = first_batch
 
     def update(self, x: torch.Tensor) -> None:
         (self.held if self._seen >= self.first_held else self.fit).update(x)

@@ -10,19 +10,20 @@ import time
 
 def register(subparsers) -> None:
     from slimllm.config import PRESETS, PruneConfig
+    from slimllm.io import BUILTIN_MODELS
     from slimllm.methods import method_help
     from slimllm.options import add_dataclass_arguments
 
     p = subparsers.add_parser(
         "prune",
         help="prune a model with SlimLLM and save it",
-        description="Prune a decoder-only model (hub id, local folder, .gguf file, or the built-in smollm2-135m "
-        "or gemma3-270m) and save it.",
+        description="Prune a decoder-only model (hub id, local folder, .gguf file, or a built-in: "
+        f"{', '.join(BUILTIN_MODELS)}) and save it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=f"methods: {method_help()}. NAME@slimllm, NAME@uniform or NAME@flap overrides the layer ratios "
         "the method was published with.",
     )
-    p.add_argument("model", help="hub id, local folder, .gguf file, or a built-in name: smollm2-135m, gemma3-270m")
+    p.add_argument("model", help=f"hub id, local folder, .gguf file, or a built-in name: {', '.join(BUILTIN_MODELS)}")
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument(
@@ -111,8 +112,7 @@ def run(args) -> int:
 
     from pathlib import Path
 
-    import slimllm
-    from slimllm.io import ModelSourceError, OutputExistsError
+    import torch
 
     output = Path(args.output)
     if args.resume and args.in_memory:
@@ -121,6 +121,24 @@ def run(args) -> int:
     if output.exists() and not args.overwrite:
         print(f"slimllm prune: output folder {output} already exists (pass --overwrite)", file=sys.stderr)
         return 2
+    from slimllm import parallel
+
+    device = parallel.init_from_environment(config.device)  # under torchrun: join the other processes
+    if device is not None and device.type == "cuda":
+        config.device = str(device)
+    try:
+        return _prune_and_save(args, config, output)
+    finally:
+        if parallel.world_size() > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _prune_and_save(args, config, output) -> int:
+    import slimllm
+    from slimllm import parallel
+    from slimllm.io import ModelSourceError, OutputExistsError
+
+    main_process = parallel.is_main_process()
     start = time.perf_counter()
     out_of_core = not args.in_memory and out_of_core_possible(args.model, config)
     try:
@@ -133,16 +151,19 @@ def run(args) -> int:
     if args.resume and not out_of_core:
         print(f"slimllm prune: --resume: {args.model} is pruned in memory, which cannot resume", file=sys.stderr)
         return 2
-    if work_dir.exists() and not args.resume:
+    if work_dir.exists() and not args.resume and main_process:
         print(f"note: starting over; the interrupted run's work in {work_dir} is discarded (--resume continues it)")
     try:
         pruned, plan = slimllm.prune(
             model, tokenizer, config, progress=not args.quiet, work_dir=work_dir if out_of_core else None,
             resume=args.resume,
         )  # fmt: skip
+        if not main_process:  # the first process writes the output
+            return 0
         plan.source = str(args.model)
         plan.report["model"] = str(args.model)
         plan.report["out_of_core"] = out_of_core
+        plan.report["processes"] = parallel.world_size()
         plan.report["seconds"]["load_model"] = load_seconds
         slimllm.save(pruned, tokenizer, plan, output, overwrite=args.overwrite, started=start)
     except (OutputExistsError, ValueError) as error:

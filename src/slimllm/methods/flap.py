@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from slimllm import parallel
 from slimllm.allocation import Allocation, AllocationError, attention_units, removed_params
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.importance.baselines import flap_channel_scores, flap_head_scores, selection, weight64
@@ -94,6 +95,8 @@ class FlapAllocation:
             with on_device(layer, device):  # the scores read the weights: inside, where they are resident
                 with hooks(_grab(attn.o_proj, o_in), _grab(mlp.down_proj, h_in)):
                     batches = run_layer(layer, index, batches)
+                parallel.merge_moments(o_in)
+                parallel.merge_moments(h_in)
                 units = attention_units(attn.query_to_kv, self.gqa)
                 o_weight, down_weight = weight64(attn.o_proj), weight64(mlp.down_proj)
                 self.head_scores.append(flap_head_scores(o_weight, o_in.variance, attn.head_dim, units).cpu())
