@@ -1,0 +1,163 @@
+"""Real scale on this machine: Qwen2.5-Coder-1.5B-Instruct (1.78B parameters, 7.1 GB in float32)
+pruned out of core and in memory, and what several processes do to the statistics passes.
+
+Rows (each a fresh process; results in ``--out``/NAME.json, rows already there are skipped):
+
+- ``qwen-20-out-of-core``, ``qwen-20-in-memory``: ``slimllm prune qwen2.5-coder-1.5b --ratio 0.2
+  --ratio-of decoder`` with its layers read from disk one at a time (the default) and with the
+  whole model loaded (``--in-memory``): wall time, pruning time, peak RSS (``wait4``); the two
+  outputs are compared tensor by tensor (bit for bit).
+- ``qwen-30-out-of-core``: the same at 30% of the decoder.
+- ``ppl-dense``, ``ppl-20``, ``ppl-30``: WikiText-2 perplexity over the first ``--ppl-windows``
+  windows of 128 tokens (``slimllm eval``).
+- ``processes-1``, ``processes-2``: SmolLM2-135M at 20%, one process with 2 threads against
+  ``torchrun --nproc-per-node 2`` with one thread each, on 128 calibration windows: the seconds of
+  the dense cosine pass and of the pruning walk from the report, and whether the plans agree.
+
+``conversion``: the built-in's one-time conversion (the joined GGUF → a safetensors folder in the
+cache), timed apart in a fresh cache.
+
+    python benchmarks/scale/run.py --work /tmp/scale --out benchmarks/results/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+QWEN = "qwen2.5-coder-1.5b"
+
+
+def measured(command: list[str], log: Path, environment: dict | None = None) -> dict:
+    """Run ``command``; its wall time and peak RSS (GiB)."""
+    start = time.perf_counter()
+    with log.open("a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"failed: {shlex.join(command)}; see {log}")
+    return {"wall_s": time.perf_counter() - start, "peak_rss_gib": usage.ru_maxrss / 2**20}
+
+
+def same_tensors(first: Path, second: Path) -> dict:
+    """Compare two model folders tensor by tensor, one tensor of each in memory at a time."""
+    import torch
+
+    from slimllm.offload import TensorFiles
+
+    a, b = TensorFiles.of_folder(first), TensorFiles.of_folder(second)
+    names = sorted(a.files)
+    differing = [n for n in names if n not in b or not torch.equal(a.read([n])[n], b.read([n])[n])]
+    return {"tensors": len(names), "differing": differing, "same_names": sorted(b.files) == names}
+
+
+def slimllm_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "slimllm", *arguments]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", default="all")
+    parser.add_argument("--ppl-windows", type=int, default=32)
+    args = parser.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    def row(name: str, compute) -> None:
+        path = out / f"{name}.json"
+        if (args.rows != "all" and name not in args.rows.split(",")) or path.is_file():
+            return
+        result = {"name": name, **compute(out / "logs" / f"{name}.log")}
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{name}: {json.dumps(result)[:400]}", flush=True)
+
+    def conversion(log: Path) -> dict:
+        """The one-time GGUF → safetensors conversion, into a fresh cache that shares the joined GGUF."""
+        from slimllm.io import _qwen_coder_gguf
+
+        cache = work / "fresh-cache"
+        (cache / "gguf").mkdir(parents=True, exist_ok=True)
+        link = cache / "gguf" / _qwen_coder_gguf().name
+        if not link.exists():
+            link.symlink_to(_qwen_coder_gguf())
+        command = [sys.executable, "-c", f"import slimllm; slimllm.load({QWEN!r}, on_disk=True)"]
+        environment = {**os.environ, "SLIMLLM_CACHE": str(cache)}
+        return {"command": f"SLIMLLM_CACHE=fresh {shlex.join(command)}", **measured(command, log, environment)}
+
+    row("conversion", conversion)
+
+    def prune(ratio: str, mode: str):
+        def compute(log: Path) -> dict:
+            output = work / f"qwen-{ratio}-{mode}"
+            arguments = ["prune", QWEN, "--ratio", f"0.{ratio}", "--ratio-of", "decoder", "--quiet", "--overwrite"]
+            arguments += ["--output", str(output)] + (["--in-memory"] if mode == "in-memory" else [])
+            result = measured(slimllm_command(*arguments), log)
+            report = json.loads((output / "slimllm_report.json").read_text())
+            result.update(
+                command=shlex.join(["slimllm", *arguments]),
+                out_of_core=report["out_of_core"],
+                seconds=report["seconds"],
+                params=report["params"],
+            )
+            return result
+
+        return compute
+
+    row("qwen-20-out-of-core", prune("20", "out-of-core"))
+    row("qwen-20-in-memory", prune("20", "in-memory"))
+    row("qwen-20-identical", lambda _log: same_tensors(work / "qwen-20-out-of-core", work / "qwen-20-in-memory"))
+    row("qwen-30-out-of-core", prune("30", "out-of-core"))
+
+    def perplexity(model: str):
+        def compute(log: Path) -> dict:
+            report = log.with_suffix(".json")
+            arguments = ["eval", model, "--ppl", "wikitext2", "--tasks", "none", "--ppl-limit", str(args.ppl_windows)]
+            result = measured(slimllm_command(*arguments, "--no-progress", "--json", str(report)), log)
+            ppl = json.loads(report.read_text())["models"][0]["perplexity"]["wikitext2"]
+            return {**result, "command": shlex.join(["slimllm", *arguments]), "windows": args.ppl_windows, **ppl}
+
+        return compute
+
+    row("ppl-dense", perplexity(QWEN))
+    row("ppl-20", perplexity(str(work / "qwen-20-out-of-core")))
+    row("ppl-30", perplexity(str(work / "qwen-30-out-of-core")))
+
+    def processes(count: int):
+        def compute(log: Path) -> dict:
+            output = work / f"smollm2-processes-{count}"
+            arguments = ["prune", "smollm2-135m", "--ratio", "0.2", "--nsamples", "128", "--quiet", "--overwrite"]
+            arguments += ["--output", str(output), "--threads", "2" if count == 1 else "1"]
+            if count == 1:
+                command = slimllm_command(*arguments)
+            else:
+                launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(count)]
+                command = [*launcher, "-m", "slimllm", *arguments]
+            result = measured(command, log)
+            report = json.loads((output / "slimllm_report.json").read_text())
+            plan = json.loads((output / "slimllm_plan.json").read_text())
+            kept = [(lay["kept_heads"], lay["kept_channels"]) for lay in plan["layers"]]
+            return {**result, "command": shlex.join(command[1:]), "seconds": report["seconds"], "kept": kept}
+
+        return compute
+
+    row("processes-1", processes(1))
+    row("processes-2", processes(2))
+    one, two = (out / "processes-1.json", out / "processes-2.json")
+    if one.is_file() and two.is_file():
+        same = json.loads(one.read_text())["kept"] == json.loads(two.read_text())["kept"]
+        print(f"two processes keep the heads and channels of one: {same}")
+
+
+if __name__ == "__main__":
+    main()
