@@ -20,6 +20,8 @@ ORDER = [
     "flap-20 + distill",
     "slimllm-50",
     "slimllm-50 + distill",
+    "slimllm-20 + distill 60 min",
+    "slimllm-50 + distill 60 min",
 ]
 
 
