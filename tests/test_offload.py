@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,11 +130,7 @@ sys.exit(code)
 def _peak_rss_kb(source: Path, output: Path, calib: Path, *extra: str) -> int:
     command = [sys.executable, "-c", _PEAK_PROBE, "prune", str(source), "--ratio", "0.2", "--output", str(output)]
     command += ["--calib", str(calib), "--nsamples", "8", "--seqlen", "32", "--quiet", "--threads", "1", *extra]
-    # glibc serves allocations under its (growing) mmap threshold from a heap that keeps freed
-    # memory; a real model's layer tensors are far above it and go back to the system when
-    # freed. A fixed threshold gives these 1 MB tensors the same treatment.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    finished = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    finished = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(finished.stdout.strip().splitlines()[-1])
 
 

@@ -369,6 +369,7 @@ def _save_from_disk(model, folder: Path) -> None:
         save_file(state, str(folder / file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(state, file))
         del state
+        offload.release_freed_memory()
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
         (folder / offload.SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")

@@ -143,6 +143,32 @@ def drop(module: nn.Module) -> None:
     for name, tensor in _offloaded(module):
         _replace(module, name, torch.empty_like(tensor, device="meta"))
     disk_weights(module).resident = None
+    release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory of freed tensors back to the system. glibc serves blocks under its mmap
+    threshold (which grows to 32 MB as blocks are freed: a 1.5B model's attention projections
+    are 1.5-9.4 MB) from a heap that keeps what is freed; reading in and dropping one layer after
+    another would otherwise let the process grow by tens of MB a layer (measured on
+    Qwen2.5-Coder-1.5B: 1.0 → 2.4 GB over its dense pass)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # musl, macOS: nothing to do
+
+
+_LIBC = _glibc()
 
 
 def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
