@@ -1,0 +1,62 @@
+"""results.md from the JSON rows benchmarks/scale/run.py wrote.
+
+python benchmarks/scale/summarize.py benchmarks/results/scale
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(folder: Path) -> None:
+    rows = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+    lines = ["# Qwen2.5-Coder-1.5B-Instruct: out of core, in memory; one and two processes", ""]
+    lines += ["| run | wall | pruning | peak RSS | parameters (decoder ratio) |", "|---|---|---|---|---|"]
+    for name in ("qwen-20-out-of-core", "qwen-20-in-memory", "qwen-30-out-of-core"):
+        if name in rows:
+            row = rows[name]
+            params = row["params"]
+            lines.append(
+                f"| `{row['command']}` | {row['wall_s']:.0f} s | {row['seconds']['total']:.0f} s | "
+                f"{row['peak_rss_gib']:.2f} GiB | {params['dense']:,} → {params['pruned']:,} "
+                f"({params['realised_ratio']:.4f}) |"
+            )
+    if "conversion" in rows:
+        row = rows["conversion"]
+        lines += ["", f"One-time conversion of the built-in (GGUF → safetensors in the cache): {row['wall_s']:.0f} s, "
+                  f"peak {row['peak_rss_gib']:.2f} GiB."]  # fmt: skip
+    if "qwen-20-identical" in rows:
+        row = rows["qwen-20-identical"]
+        lines += ["", f"Out of core vs in memory at 20%: {row['tensors']} tensors, {len(row['differing'])} differ."]
+    lines += ["", "| model | WikiText-2 PPL | × dense | windows |", "|---|---|---|---|"]
+    dense = rows.get("ppl-dense", {}).get("ppl")
+    for name, label in (("ppl-dense", "dense"), ("ppl-20", "20% of the decoder"), ("ppl-30", "30% of the decoder")):
+        if name in rows:
+            ppl = rows[name]["ppl"]
+            ratio = f"{ppl / dense:.2f}×" if dense else "–"
+            lines.append(f"| {label} | {ppl:.2f} | {ratio} | first {rows[name]['windows']} of 128 tokens |")
+    if "processes-1" in rows and "processes-2" in rows:
+        lines += [
+            "",
+            "| SmolLM2-135M at 20%, 128 × 128 calibration | dense cosine pass | pruning walk | total | wall |",
+        ]
+        lines += ["|---|---|---|---|---|"]
+        for name in ("processes-1", "processes-2"):
+            row, seconds = rows[name], rows[name]["seconds"]
+            lines.append(
+                f"| `{row['command']}` | {seconds['layer_cosines']:.1f} s | {seconds['prune_layers']:.1f} s | "
+                f"{seconds['total']:.1f} s | {row['wall_s']:.1f} s |"
+            )
+        same = rows["processes-1"]["kept"] == rows["processes-2"]["kept"]
+        lines += ["", f"Two processes keep the heads and channels of one: {'yes' if same else 'no'}."]
+    lines += ["", "Commands:", "", "```bash"]
+    lines += [row["command"] for row in rows.values() if "command" in row]
+    lines += ["```", ""]
+    (folder / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
