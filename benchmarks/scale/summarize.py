@@ -12,6 +12,9 @@ from pathlib import Path
 
 def main(folder: Path) -> None:
     rows = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+    for row in rows.values():  # a command recorded without its interpreter
+        if row.get("command", "").startswith("-m "):
+            row["command"] = "python " + row["command"]
     lines = ["# Qwen2.5-Coder-1.5B-Instruct: out of core, in memory; one and two processes", ""]
     lines += ["| run | wall | pruning | peak RSS | parameters (decoder ratio) |", "|---|---|---|---|---|"]
     for name in ("qwen-20-out-of-core", "qwen-20-in-memory", "qwen-30-out-of-core"):
