@@ -54,9 +54,9 @@ def same_tensors(first: Path, second: Path) -> dict:
     from slimllm.offload import TensorFiles
 
     a, b = TensorFiles.of_folder(first), TensorFiles.of_folder(second)
-    names = sorted(a.files)
+    names = sorted(a.names)
     differing = [n for n in names if n not in b or not torch.equal(a.read([n])[n], b.read([n])[n])]
-    return {"tensors": len(names), "differing": differing, "same_names": sorted(b.files) == names}
+    return {"tensors": len(names), "differing": differing, "same_names": sorted(b.names) == names}
 
 
 def slimllm_command(*arguments: str) -> list[str]:

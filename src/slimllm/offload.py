@@ -30,7 +30,7 @@ class TensorFiles:
     """Read-only access by name to the tensors of one or more safetensors files (memory-mapped)."""
 
     def __init__(self, files: dict[str, Path]):
-        self.files = files  # tensor name -> file
+        self.location = files  # tensor name -> the file that holds it
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> TensorFiles:
@@ -53,7 +53,15 @@ class TensorFiles:
         return cls(files)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.files
+        return name in self.location
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.location)
+
+    @property
+    def paths(self) -> list[Path]:
+        return sorted(set(self.location.values()))
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The tensors ``names``, copied into memory. Each file is mapped only while it is read,
@@ -61,9 +69,9 @@ class TensorFiles:
         from safetensors import safe_open
 
         tensors = {}
-        for path in dict.fromkeys(self.files[name] for name in names):
+        for path in dict.fromkeys(self.location[name] for name in names):
             with safe_open(str(path), framework="pt") as handle:
-                tensors.update({name: handle.get_tensor(name) for name in names if self.files[name] == path})
+                tensors.update({name: handle.get_tensor(name) for name in names if self.location[name] == path})
         return tensors
 
     def __deepcopy__(self, memo):  # shared by copies of a module: it names files, it holds no weights

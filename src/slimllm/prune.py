@@ -215,8 +215,8 @@ def prune(
 def _run_record(model, config: PruneConfig, windows: torch.Tensor) -> dict:
     """What identifies a prune, for resuming it: the settings, the calibration windows, the
     model's config and the files its weights are read from (names and sizes)."""
-    files = sorted({str(w.files.files[name]) for _, m in offload.units_of(model) for w in [offload.disk_weights(m)]
-                    for name in w.files.files})  # fmt: skip
+    units = offload.units_of(model)
+    files = sorted({str(path) for _, unit in units for path in offload.disk_weights(unit).files.paths})
     return {
         "settings": config.to_dict(),
         "calibration_windows": windows_digest(windows),
