@@ -261,3 +261,17 @@ def test_a_killed_prune_process_resumes_to_the_uninterrupted_output(tmp_path):
     assert not work.exists()
     whole_plan = json.loads((tmp_path / "whole" / "slimllm_plan.json").read_text())
     assert json.loads((output / "slimllm_plan.json").read_text())["layers"] == whole_plan["layers"]
+
+
+def test_the_cli_refuses_resume_where_it_cannot_resume(tmp_path, capsys):
+    from slimllm.cli import main
+
+    source = _folder(FAMILIES["llama"](vocab_size=257), tmp_path / "dense")
+    common = ["prune", str(source), "--ratio", "0.2", "--output", str(tmp_path / "out"), "--quiet"]
+    assert main([*common, "--resume", "--in-memory"]) == 2
+    assert "--resume continues an out-of-core prune; drop --in-memory" in capsys.readouterr().err
+    assert main([*common, "--resume"]) == 2  # nothing was interrupted
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main([*common, "--resume", "--method", "taylor"]) == 2  # taylor prunes in memory
+    assert "is pruned in memory, which cannot resume" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
