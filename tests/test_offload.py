@@ -118,11 +118,13 @@ def test_a_piece_is_read_in_for_its_use_and_dropped_after(tmp_path):
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+# The peak of this process's own memory map (VmHWM), not getrusage's ru_maxrss: Linux carries the
+# latter across fork and exec, so a child of a large pytest process would report pytest's size.
 _PEAK_PROBE = """
-import resource, sys
+import re, sys
 from slimllm.cli import main
 code = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 sys.exit(code)
 """
 
