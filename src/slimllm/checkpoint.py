@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from slimllm.config import ConfigError
 from slimllm.layer_walk import LayerBatch
 from slimllm.plan import LayerPlan, Recovery
+from slimllm.runtime import write_json_atomic
 
 RUN_FILE = "run.json"
 COSINES_FILE = "cosines.json"
@@ -56,7 +57,7 @@ class PruneCheckpoint:
             for stale in self.folder.glob("*") if self.folder.is_dir() else []:
                 stale.unlink()
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(recorded, json.dumps(run, indent=1, default=str) + "\n")
+            write_json_atomic(recorded, run, indent=1)
 
     # -- the dense pass ----------------------------------------------------------------------------
     def cosines(self) -> list[float] | None:
@@ -64,7 +65,7 @@ class PruneCheckpoint:
         return [float.fromhex(value) for value in json.loads(path.read_text())] if path.is_file() else None
 
     def save_cosines(self, cosines: list[float]) -> None:
-        _write_atomic(self.folder / COSINES_FILE, json.dumps([float.hex(c) for c in cosines]))
+        write_json_atomic(self.folder / COSINES_FILE, [float.hex(c) for c in cosines])
 
     # -- finished layers ---------------------------------------------------------------------------
     def layer_file(self, index: int) -> Path:
@@ -130,12 +131,6 @@ class PruneCheckpoint:
 
 def _fit(recovery: Recovery | None) -> str | None:
     return None if recovery is None else recovery.fit
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _differences(recorded: dict, now: dict, where: str = "") -> list[str]:

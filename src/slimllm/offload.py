@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimllm.runtime import trim_heap
+
 _ATTRIBUTE = "_slimllm_disk_weights"
 SAFE_INDEX = "model.safetensors.index.json"
 
@@ -160,23 +162,7 @@ def release_freed_memory() -> None:
     are 1.5-9.4 MB) from a heap that keeps what is freed; reading in and dropping one layer after
     another would otherwise let the process grow by tens of MB a layer (measured on
     Qwen2.5-Coder-1.5B: 1.0 → 2.4 GB over its dense pass)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # musl, macOS: nothing to do
-
-
-_LIBC = _glibc()
+    trim_heap()
 
 
 def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:

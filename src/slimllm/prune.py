@@ -173,11 +173,9 @@ def prune(
     layer_plans, layer_rows, batches = [], [], layer0_inputs
     finished = checkpoint.finished_layers(len(layers)) if checkpoint is not None else 0
     if finished:
-        batches = _restore_finished(checkpoint, finished, slim, adapter, prune_layer, layer0_inputs, device)
-        for index in range(finished):
-            record, row, *_ = checkpoint.load_layer(index)
-            layer_plans.append(record)
-            layer_rows.append(row)
+        batches = _restore_finished(
+            checkpoint, finished, slim, adapter, prune_layer, layer0_inputs, device, layer_plans, layer_rows
+        )
     with timer.phase("prune_layers"), CoreShare(config.threads) as pruning_cores:
         for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress, initial=finished)):
             if index < finished:
@@ -225,12 +223,17 @@ def _run_record(model, config: PruneConfig, windows: torch.Tensor) -> dict:
     }
 
 
-def _restore_finished(checkpoint, finished, slim, adapter, pruner, layer0_inputs, device) -> list[LayerBatch]:
-    """Give the first ``finished`` layers their recorded pruned shapes and weight files, the
-    pruner its running surplus; return the hidden states the last of them passed on."""
+def _restore_finished(
+    checkpoint, finished, slim, adapter, pruner, layer0_inputs, device, layer_plans: list, layer_rows: list
+) -> list[LayerBatch]:
+    """Give the first ``finished`` layers their recorded pruned shapes and weight files (their plan
+    entries and report rows appended to ``layer_plans`` / ``layer_rows``), the pruner its running
+    surplus; return the hidden states the last of them passed on."""
     layers, names = adapter.layers(slim), {id(m): n for n, m in slim.named_modules()}
     for index in range(finished):
-        record, _row, surplus, outputs, dense = checkpoint.load_layer(index)
+        record, row, surplus, outputs, dense = checkpoint.load_layer(index)
+        layer_plans.append(record)
+        layer_rows.append(row)
         layer, path = layers[index], checkpoint.layer_file(index)
         if path.is_file():  # pruned: its shapes follow the plan, its weights are in the file
             apply_layer_plan(adapter, layer, record)

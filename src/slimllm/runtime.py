@@ -54,6 +54,11 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the heap pages of freed blocks back to the OS (glibc's ``malloc_trim``; nothing elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
