@@ -1,12 +1,14 @@
 """What recovery buys, side by side: distillation vs LoRA vs plain full fine-tuning at the same
-token budget, and slimllm + distillation vs FLAP + distillation, on SmolLM2-135M.
+token budget, and slimllm + distillation vs FLAP + distillation, on SmolLM2-135M; on Gemma-3-270M
+(``--dense gemma3-270m``) 20% of the decoder and its distillation.
 
 Every row is a pruned model and, where named, a recovery run on the LAMBADA BookCorpus passages
 (never WikiText-2, PTB or the task sets), each through the command line a user would type. Every
 recovery uses the same blocks (``--cutoff``), batch, step count and held-out split (64 blocks,
 seed 42), so all rows see the same tokens and none sees the held-out blocks. Measured per row:
 
-- WikiText-2 perplexity on the first 256 windows of 128 tokens (``slimllm eval``);
+- WikiText-2 perplexity on the first 256 windows of 128 tokens (``slimllm eval``; for Gemma, each
+  window after a <bos> token, ``--bos``, as Gemma is trained to see one first);
 - on the 64 held-out blocks of the training text: KL(dense ‖ model) per token and the share of
   positions where the model's top-1 token is the dense model's (computed here, the same way for
   every row, with :func:`slimllm.distill.loss.token_kl`);
@@ -16,6 +18,8 @@ seed 42), so all rows see the same tokens and none sees the held-out blocks. Mea
 Rows already measured (their JSON in ``--out``) are skipped, so an interrupted run continues.
 
     python benchmarks/distill/run.py --work /tmp/distill --out benchmarks/results/distill
+    python benchmarks/distill/run.py --dense gemma3-270m --work /tmp/distill-gemma \
+        --out benchmarks/results/distill/gemma3-270m
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from pathlib import Path
 
 import torch
 
-DENSE = "smollm2-135m"
 STEPS, BATCH, CUTOFF, VAL_SIZE = 63, 8, 128, 64  # 63 × 8 × 128 = 64,512 training tokens per recovery
 COMMON = [
     "--data", "lambada", "--max-steps", str(STEPS), "--batch-size", str(BATCH), "--micro-batch-size", str(BATCH),
@@ -42,17 +45,27 @@ PRUNES = {
     "slimllm-50": ["--ratio", "0.5"],
     "flap-20": ["--ratio", "0.2", "--method", "flap"],
 }
+# What differs per dense model: how its ratio is counted, how it is evaluated, which rows it has.
+DENSE_MODELS = {
+    "smollm2-135m": {"prune": [], "eval": [], "rows": None},
+    # the embeddings hold 64% of Gemma-3-270M's parameters, so its ratio counts the decoder's
+    "gemma3-270m": {
+        "prune": ["--ratio-of", "decoder"],
+        "eval": ["--bos"],
+        "rows": ("dense", "slimllm-20", "slimllm-20 + distill 60 min"),
+    },
+}
 # the issue's budget: 60 minutes of training on 2 cores (~62 tokens/s → ~200 steps), cut at 60 min if slower
 DISTILL_60_MIN = [
-    "distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "200", "--max-minutes", "60",
+    "distill", "--teacher", "DENSE", "--lr", "1e-4", "--max-steps", "200", "--max-minutes", "60",
     "--eval-steps", "20", "--warmup-steps", "20",
 ]  # fmt: skip
 RECOVERIES = {
-    "distill": ["distill", "--teacher", DENSE, "--lr", "1e-4"],
-    "finetune-full": ["distill", "--teacher", DENSE, "--lr", "1e-4", "--kl-weight", "0", "--ce-weight", "1"],
+    "distill": ["distill", "--teacher", "DENSE", "--lr", "1e-4"],
+    "finetune-full": ["distill", "--teacher", "DENSE", "--lr", "1e-4", "--kl-weight", "0", "--ce-weight", "1"],
     "lora": ["finetune", "--lr", "2e-4"],
     # as many steps as fit in the LoRA row's training time (459 s at the 20% row's 59.6 tokens/s)
-    "distill-lora-time": ["distill", "--teacher", DENSE, "--lr", "1e-4", "--max-steps", "27", "--eval-steps", "9"],
+    "distill-lora-time": ["distill", "--teacher", "DENSE", "--lr", "1e-4", "--max-steps", "27", "--eval-steps", "9"],
     "distill-60min": DISTILL_60_MIN,
 }
 ROWS = [
@@ -88,7 +101,7 @@ def run(command: list[str], log: Path) -> float:
 
 
 @torch.inference_mode()
-def held_out_agreement(model_path: str, dense, tokenizer) -> dict:
+def held_out_agreement(model_path: str, dense_name: str, dense, tokenizer) -> dict:
     """KL(dense ‖ model) and top-1 agreement on the held-out blocks every recovery left out."""
     import slimllm
     from slimllm.distill import DistillConfig
@@ -97,7 +110,7 @@ def held_out_agreement(model_path: str, dense, tokenizer) -> dict:
 
     config = DistillConfig(cutoff=CUTOFF, val_size=VAL_SIZE, seed=42)
     blocks = torch.tensor(prepare_data(tokenizer, "lambada", config, quiet=True).validation["input_ids"])
-    model = dense if model_path == DENSE else slimllm.load(model_path)[0]
+    model = dense if model_path == dense_name else slimllm.load(model_path)[0]
     kl_sum, agree, count = 0.0, 0, 0
     for start in range(0, len(blocks), 8):
         batch = blocks[start : start + 8]
@@ -110,6 +123,7 @@ def held_out_agreement(model_path: str, dense, tokenizer) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dense", default="smollm2-135m", choices=DENSE_MODELS, help="the dense model (a built-in)")
     parser.add_argument("--work", required=True, help="folder for the pruned and recovered models")
     parser.add_argument("--out", required=True, help="folder for the per-row JSON results and logs")
     parser.add_argument("--rows", default="all", help="comma-separated row names (default: all)")
@@ -118,13 +132,14 @@ def main() -> None:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    wanted = {row[0] for row in ROWS} if args.rows == "all" else set(args.rows.split(","))
+    dense_name, per_model = args.dense, DENSE_MODELS[args.dense]
+    wanted = set(per_model["rows"] or [row[0] for row in ROWS]) if args.rows == "all" else set(args.rows.split(","))
     with_tasks = set(filter(None, args.tasks.split(",")))
     slimllm_bin = [sys.executable, "-m", "slimllm"]
 
     import slimllm
 
-    dense, tokenizer = slimllm.load(DENSE)
+    dense, tokenizer = slimllm.load(dense_name)
     for name, prune, recovery in ROWS:
         if name not in wanted:
             continue
@@ -134,17 +149,18 @@ def main() -> None:
             continue
         log = out / "logs" / f"{slug(name)}.log"
         commands = result.get("commands", [])
-        model = DENSE
+        model = dense_name
         if prune is not None:
             model = str(work / prune)
             if not Path(model).is_dir():
-                command = [*slimllm_bin, "prune", DENSE, *PRUNES[prune], "--output", model, "--quiet"]
+                command = [*slimllm_bin, "prune", dense_name, *PRUNES[prune], *per_model["prune"]]
+                command += ["--output", model, "--quiet"]
                 result["prune_wall_s"] = run(command, log)
                 commands.append(shlex.join(["slimllm", *command[3:]]))
         if recovery is not None:
             source, model = model, str(work / slug(name))
             if not Path(model).is_dir():
-                recover = RECOVERIES[recovery]
+                recover = [dense_name if word == "DENSE" else word for word in RECOVERIES[recovery]]
                 command = [*slimllm_bin, recover[0], source, *COMMON, *recover[1:], "--output", model, "--overwrite"]
                 result["recovery_wall_s"] = run(command, log)
                 commands.append(shlex.join(["slimllm", *command[3:]]))
@@ -152,11 +168,12 @@ def main() -> None:
         if "ppl_wikitext2" not in result:
             ppl_json = out / "logs" / f"{slug(name)}.ppl.json"
             command = [*slimllm_bin, "eval", model, "--ppl", "wikitext2", "--tasks", "none", "--ppl-limit", "256"]
+            command += per_model["eval"]
             run([*command, "--no-progress", "--json", str(ppl_json)], log)
             commands.append(shlex.join(["slimllm", *command[3:]]))
             result["ppl_wikitext2"] = json.loads(ppl_json.read_text())["models"][0]["perplexity"]["wikitext2"]["ppl"]
         if "held_out_kl" not in result:
-            result.update(held_out_agreement(model, dense, tokenizer))
+            result.update(held_out_agreement(model, dense_name, dense, tokenizer))
         if name in with_tasks and "tasks" not in result:
             tasks_json = out / "logs" / f"{slug(name)}.tasks.json"
             command = [*slimllm_bin, "eval", model, "--ppl", "none", "--tasks", "all", "--task-limit", "500"]

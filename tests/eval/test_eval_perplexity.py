@@ -59,6 +59,27 @@ def test_perplexity_equals_exp_of_mean_hand_computed_nll():
     assert result["ppl"] == pytest.approx(math.exp(sum(nlls) / len(nlls)), rel=1e-6)
 
 
+def test_bos_before_every_window_scores_every_text_token_after_it():
+    model = tiny_llama(vocab_size=64)
+    stream = torch.randint(1, 64, (5 * 16,), generator=torch.Generator().manual_seed(2))
+    result = perplexity_of_stream(model, stream, seqlen=16, batch_size=2, bos_token_id=0)
+    # by hand: each window after token 0; all 16 text tokens scored, <bos> never
+    with_bos = torch.cat([torch.zeros(5, 1, dtype=stream.dtype), stream.view(5, 16)], dim=1)
+    nlls = hand_computed_nlls(model, with_bos)
+    assert result["bos"] and result["tokens_scored"] == len(nlls) == 5 * 16
+    assert result["mean_nll"] == pytest.approx(sum(nlls) / len(nlls), rel=1e-6)
+    assert result["tokens_in_windows"] == 5 * 17 and result["windows"] == 5
+
+
+def test_bos_without_a_bos_token_is_an_error(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("some text " * 200)
+    tokenizer = byte_tokenizer()
+    tokenizer.bos_token = None
+    with pytest.raises(ValueError, match="no <bos> token"):
+        perplexity(tiny_llama(), tokenizer, str(text), seqlen=16, bos=True)
+
+
 def test_batch_size_and_limit_do_not_change_the_scored_windows():
     model = tiny_llama(vocab_size=64)
     stream = torch.randint(0, 64, (10 * 16,), generator=torch.Generator().manual_seed(2))

@@ -156,7 +156,12 @@ class Bench:
         ppl = {}
         for source, stream in self.ppl_streams.items():
             result = perplexity_of_stream(
-                model, stream, seqlen=settings.seqlen, batch_size=settings.batch_size, limit=settings.ppl_limit
+                model,
+                stream,
+                seqlen=settings.seqlen,
+                batch_size=settings.batch_size,
+                limit=settings.ppl_limit,
+                bos_token_id=self.tokenizer.bos_token_id if settings.bos else None,
             )
             ppl[source] = {**result, "data": self.ppl_info.get(source)}
         accuracies = zero_shot_with(model, self.tokenizer, settings) if with_tasks and settings.tasks else None

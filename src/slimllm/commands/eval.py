@@ -82,6 +82,12 @@ def register(subparsers) -> None:
         help="first N perplexity windows and a seeded random subset of N documents per task",
     )
     parser.add_argument(
+        "--bos",
+        action="store_true",
+        help="a <bos> token before every perplexity window, as context (for models trained to always "
+        "see one first, such as Gemma)",
+    )
+    parser.add_argument(
         "--ppl-limit", type=parse_limit, help="override --limit for perplexity ('all' for every window)"
     )
     parser.add_argument(
@@ -122,6 +128,7 @@ def settings_from_args(args, ppl: list[str], tasks: list[str]):
         tasks=tuple(tasks),
         seqlen=args.seqlen,
         ppl_limit=args.ppl_limit if args.ppl_limit is not None else args.limit,
+        bos=args.bos,
         task_limit=args.task_limit if args.task_limit is not None else args.limit,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -176,6 +183,8 @@ def _command_line(args, ppl: list[str], tasks: list[str]) -> str:
     for flag, value in (("--limit", args.limit), ("--ppl-limit", args.ppl_limit), ("--task-limit", args.task_limit)):
         if value is not None:
             words += [flag, str(value)]
+    if args.bos:
+        words.append("--bos")
     for flag, value in (("--task-source", args.task_source), ("--dtype", args.dtype), ("--device", args.device)):
         if value is not None and value != "auto":
             words += [flag, value]

@@ -111,7 +111,8 @@ def notes(report: dict) -> list[str]:
         )
     if any(source != "tasks" for source in report["data"]):
         windows = f"first {settings['ppl_limit']} windows" if settings["ppl_limit"] else "all windows"
-        lines.append(f"Perplexity: non-overlapping {settings['seqlen']}-token windows, {windows}.")
+        bos = ", each after a <bos> token" if settings.get("bos") else ""
+        lines.append(f"Perplexity: non-overlapping {settings['seqlen']}-token windows, {windows}{bos}.")
     return lines
 
 

