@@ -79,6 +79,33 @@ def test_uniform_gives_one_ratio():
     assert result.selected == list(range(LAYERS))
 
 
+@pytest.mark.parametrize("only", ["attention", "ffn"])
+def test_one_part_alone_carries_the_whole_target(only):
+    cos = _cosines()
+    result = allocate(cos, [SMOL_QUERY] * LAYERS, TOTAL, ratio=0.1, only=only)
+    untouched = result.channels_to_prune if only == "attention" else result.units_to_prune
+    assert set(untouched) == {0}
+    removed = sum(
+        removed_params(SMOL_QUERY, u, c, True)
+        for u, c in zip(result.units_to_prune, result.channels_to_prune, strict=True)
+    )
+    assert removed == result.planned_removed
+    # counted by hand: heads or channels times their cost, less one output bias per pruned layer
+    per_unit = SMOL_QUERY.unit_params if only == "attention" else SMOL_QUERY.channel_params
+    counts = result.units_to_prune if only == "attention" else result.channels_to_prune
+    assert removed == sum(n * per_unit - (D if n else 0) for n in counts)
+    # to within one head (coarse) or one channel of the target
+    assert abs(removed - 0.1 * TOTAL) <= per_unit
+    # the selection and its ratios' ordering still follow Eq. 11
+    assert len(result.selected) == default_pruned_layers(0.1, LAYERS)
+
+
+def test_attention_alone_cannot_remove_more_than_all_but_one_head_per_layer():
+    # 30 layers × 8 prunable heads × 73,728 = 17.7M of 134.5M: 20% is out of reach
+    with pytest.raises(AllocationError, match=r"the attention of .* keeps at least one head"):
+        allocate(_cosines(), [SMOL_QUERY] * LAYERS, TOTAL, ratio=0.2, only="attention", pruned_layers=LAYERS)
+
+
 def test_unreachable_target_is_a_clear_error():
     with pytest.raises(AllocationError, match="cannot remove"):
         allocate(_cosines(), [SMOL_QUERY] * LAYERS, TOTAL, ratio=0.7, pruned_layers=5)

@@ -380,6 +380,40 @@ def test_ratio_of_decoder_counts_the_layers_only(calib_data):
     assert abs(params["realised_ratio"] - 0.3) < 0.02
 
 
+@pytest.mark.parametrize("only", ["attention", "ffn"])
+def test_only_one_part_is_pruned_and_the_target_still_met(tiny_model, calib_data, only):
+    config = _config(only=only, ratio=0.1)
+    pruned, plan = slimllm.prune(tiny_model, None, config, data=calib_data, progress=False)
+    dense_config = tiny_model.config
+    for record in plan.layers:
+        if only == "ffn":
+            assert record.kept_heads == list(range(dense_config.num_attention_heads))
+        else:
+            assert record.kept_channels == list(range(dense_config.intermediate_size))
+    assert any(record.ratio > 0 for record in plan.layers)
+    removed = count_parameters(tiny_model) - count_parameters(pruned)
+    head_dim = getattr(dense_config, "head_dim", None) or dense_config.hidden_size // dense_config.num_attention_heads
+    head = 2 * (dense_config.hidden_size + 1) * head_dim  # q rows (and bias) and o columns of one head
+    # a kv head whose queries all went goes too: only the FFN could make up for it, and it is kept
+    kv_gone = sum(dense_config.num_key_value_heads - len(record.kept_kv_heads) for record in plan.layers)
+    tolerance = head + kv_gone * head if only == "attention" else 3 * dense_config.hidden_size + 2
+    assert abs(removed - 0.1 * count_parameters(tiny_model)) <= tolerance
+
+
+def test_only_is_refused_with_an_allocation_that_picks_both_parts(tmp_path, capsys):
+    from slimllm.cli import main
+
+    with pytest.raises(ValueError, match=r"--only ffn works with the Eq\. 11 or uniform"):
+        slimllm.prune(tiny_llama(), None, _config(only="ffn", method="flap"), data=[torch.zeros(1, 4)], progress=False)
+    # on the command line, before the model is loaded: a missing model is named first, then the clash
+    missing = str(tmp_path / "missing")
+    assert main(["prune", missing, "--ratio", "0.2", "--only", "ffn", "--method", "flap", "--output", "o"]) == 2
+    assert "model path not found" in capsys.readouterr().err
+    assert main(["prune", "smollm2-135m", "--ratio", "0.2", "--only", "ffn", "--method", "wanda-sp@search",
+                 "--output", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "not the search allocation" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_group_mode_on_a_single_kv_head_says_use_query(calib_data):
     from tiny_models import tiny_gemma3
 

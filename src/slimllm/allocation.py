@@ -81,9 +81,10 @@ def _round_channels(ratio: float, width: int, round_to: int) -> int:
     return min(width - 1, max(0, width - keep))
 
 
-def _counts(ratio: float, costs: LayerCosts, round_to: int) -> tuple[int, int]:
-    units = min(costs.num_units - 1, max(0, round(ratio * costs.num_units)))
-    return units, _round_channels(ratio, costs.width, round_to)
+def _counts(ratio: float, costs: LayerCosts, round_to: int, only: str | None = None) -> tuple[int, int]:
+    units = min(costs.num_units - 1, max(0, round(ratio * costs.num_units))) if only != "ffn" else 0
+    channels = _round_channels(ratio, costs.width, round_to) if only != "attention" else 0
+    return units, channels
 
 
 def removed_params(costs: LayerCosts, units: int, channels: int, regression: bool) -> float:
@@ -106,9 +107,14 @@ def allocate(
     uniform: bool = False,
     regression: bool = True,
     round_to: int = 1,
+    only: str | None = None,
 ) -> Allocation:
     """Per-layer ratios and head/channel counts whose rounded total removes ``ratio`` of all
-    parameters (to within one channel's parameters where rounding allows)."""
+    parameters (to within one channel's parameters where rounding allows).
+
+    ``only="attention"`` or ``"ffn"`` prunes that part alone: a layer's ratio is then the share
+    of its heads or of its channels removed, and the whole target comes from that part (to within
+    one head's parameters for the attention, whose units are coarse)."""
     num_layers = len(costs)
     if uniform:
         selected, alpha_used = list(range(num_layers)), 0.0
@@ -123,16 +129,18 @@ def allocate(
 
     def plan(r0: float) -> tuple[dict[int, float], dict[int, tuple[int, int]], float]:
         ratios = {i: min(max_layer_ratio, r0 * weights[i]) for i in selected}
-        counts = {i: _counts(ratios[i], costs[i], round_to) for i in selected}
+        counts = {i: _counts(ratios[i], costs[i], round_to, only) for i in selected}
         removed = sum(removed_params(costs[i], *counts[i], regression) for i in selected)
         return ratios, counts, removed
 
     hi = max_layer_ratio / min(weights.values())
     if plan(hi)[2] < target:
+        part = {"attention": "the attention of ", "ffn": "the FFN of "}.get(only, "")
         raise AllocationError(
-            f"cannot remove {ratio:.1%} of the parameters by pruning {len(selected)} layers at most "
+            f"cannot remove {ratio:.1%} of the parameters by pruning {part}{len(selected)} layers at most "
             f"{max_layer_ratio:.0%} each (at most {plan(hi)[2] / total_params:.1%}); "
             "raise --layers or --max-layer-ratio, or lower --ratio"
+            + (" (a layer keeps at least one head)" if only == "attention" else "")
         )
     lo = 0.0
     for _ in range(100):
@@ -144,7 +152,7 @@ def allocate(
     r0 = min((lo, hi), key=lambda r: abs(plan(r)[2] - target))
     ratios, counts, removed = plan(r0)
     channels = {i: counts[i][1] for i in selected}
-    if round_to == 1:
+    if round_to == 1 and only != "attention":
         channels = close_gap(target - removed, channels, ratios, costs, max_layer_ratio)
     units = {i: counts[i][0] for i in selected}
     planned = sum(removed_params(costs[i], units[i], channels[i], regression) for i in selected)
@@ -237,6 +245,7 @@ def eq11_allocator(*, uniform: bool, adds_bias: bool):
             uniform=uniform,
             regression=adds_bias,
             round_to=config.round_to,
+            only=config.only,
         )
 
     return allocator

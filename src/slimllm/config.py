@@ -9,6 +9,7 @@ from pathlib import Path
 GQA_MODES = ("query", "group")
 RATIO_OF = ("all", "decoder")
 RECOVERY_KINDS = ("regression", "ridge", "ridge-dense", "ridge-layer")
+PRUNED_PARTS = ("attention", "ffn")
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,14 @@ class PruneConfig:
         },
     )
     uniform: bool = field(default=False, metadata={"help": "ablation: one ratio in every layer"})
+    only: str | None = field(
+        default=None,
+        metadata={
+            "help": "prune only the attention heads or only the FFN channels, the whole target taken from "
+            "that part (with the Eq. 11 or uniform layer ratios); None: both",
+            "choices": PRUNED_PARTS,
+        },
+    )
     search_minutes: float = field(
         default=5.0,
         metadata={"help": "time budget of the allocation search (NAME@search), in minutes"},
@@ -116,6 +125,8 @@ class PruneConfig:
             raise ConfigError(f"ratio_of must be one of {RATIO_OF}, got {self.ratio_of!r}")
         if self.recovery not in RECOVERY_KINDS:
             raise ConfigError(f"recovery must be one of {RECOVERY_KINDS}, got {self.recovery!r}")
+        if self.only is not None and self.only not in PRUNED_PARTS:
+            raise ConfigError(f"only must be one of {PRUNED_PARTS} or None, got {self.only!r}")
         if self.gqa not in GQA_MODES:
             raise ConfigError(f"gqa must be one of {GQA_MODES}, got {self.gqa!r}")
         if self.nsamples < 1 or self.seqlen < 2:

@@ -102,11 +102,14 @@ def out_of_core_possible(source: str, config) -> bool:
 
 
 def run(args) -> int:
-    from slimllm.config import ConfigError
+    from slimllm.io import check_model_source
+    from slimllm.methods import build_method
 
     try:
+        check_model_source(args.model)  # what the user typed first is checked first
         config = config_from_args(args)
-    except ConfigError as error:
+        build_method(config)  # the method, its allocation and its options agree, before any loading
+    except ValueError as error:  # ConfigError included
         print(f"slimllm prune: {error}", file=sys.stderr)
         return 2
 

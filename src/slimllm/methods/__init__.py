@@ -59,6 +59,11 @@ def build_method(config: PruneConfig) -> Method:
     name, allocation = parse_method(config.method)
     spec = REGISTRY[name]
     allocation = "uniform" if config.uniform else (allocation or spec.default_allocation)
+    if config.only is not None and allocation in ("flap", "search"):
+        raise ValueError(
+            f"--only {config.only} works with the Eq. 11 or uniform layer ratios, not the {allocation} allocation "
+            f"of {config.method!r} (which chooses heads and channels together); use NAME@slimllm or NAME@uniform"
+        )
     criteria = spec.build(config)
     prepares = [criteria.prepare] if criteria.prepare is not None else []
     adds_bias = criteria.recovery.adds_bias
