@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from slimllm.progress import log_lines_unless_terminal
+
+    log_lines_unless_terminal()  # in a log, one line per stage instead of a bar's redraws
     return int(args.run(args) or 0)
 
 

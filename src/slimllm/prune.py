@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from slimllm import offload, parallel
 from slimllm.allocation import Allocation, layer_costs
@@ -29,6 +28,7 @@ from slimllm.methods import build_method
 from slimllm.models import adapter_for
 from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
+from slimllm.progress import progress_bar
 from slimllm.runtime import CoreShare, count_parameters, versions
 from slimllm.search import AllocationSearch
 from slimllm.surgery import apply_layer_plan
@@ -143,7 +143,7 @@ def prune(
         if cosines is None:
             cosines, batches = [], layer0_inputs
             for index, layer in enumerate(
-                tqdm(layers, desc="layer cosines (dense)", disable=not progress, leave=False)
+                progress_bar(layers, desc="layer cosines (dense)", disable=not progress, leave=False)
             ):
                 cores.adjust()
                 with on_device(layer, device):
@@ -177,7 +177,9 @@ def prune(
             checkpoint, finished, slim, adapter, prune_layer, layer0_inputs, device, layer_plans, layer_rows
         )
     with timer.phase("prune_layers"), CoreShare(config.threads) as pruning_cores:
-        for index, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress, initial=finished)):
+        for index, layer in enumerate(
+            progress_bar(layers, desc="pruning layers", disable=not progress, initial=finished)
+        ):
             if index < finished:
                 continue
             pruning_cores.adjust()

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from slimllm.allocation import Allocation, AllocationError, LayerCosts, allocate, close_gap, removed_params
 from slimllm.config import ConfigError, PruneConfig
@@ -38,6 +37,7 @@ from slimllm.layer_walk import LayerBatch, on_device, run_layer
 from slimllm.methods import Method
 from slimllm.methods.base import RegressionRecovery, RidgeRecovery
 from slimllm.models.base import ModelAdapter
+from slimllm.progress import progress_bar
 from slimllm.runtime import CoreShare
 from slimllm.stats import held_out_batches
 
@@ -330,7 +330,9 @@ class AllocationSearch:
         layers = adapter.layers(model)
         self.space = SearchSpace.build(costs, start.target_removed, config, method.adds_bias)
         fit_inputs, held = [], held_out
-        for index, layer in enumerate(tqdm(layers, desc="search: dense pass", disable=not progress, leave=False)):
+        for index, layer in enumerate(
+            progress_bar(layers, desc="search: dense pass", disable=not progress, leave=False)
+        ):
             self._adjust_threads()
             fit_inputs.append(fit)
             with on_device(layer, device):
@@ -410,7 +412,9 @@ class AllocationSearch:
         objective.accept(state, inputs)
         start_kl, evaluations, accepted, history = best, 1, 0, [(1, best)]
         deadline = self.begin + 60 * config.search_minutes
-        bar = tqdm(total=config.search_steps, desc="search: KL to dense", disable=not self.progress, leave=False)
+        bar = progress_bar(
+            total=config.search_steps, desc="search: KL to dense", disable=not self.progress, leave=False
+        )
         settings = {"head_share": 1.0, "alpha": self.start.alpha, "layers": self.start.pruned_layers}
         coordinates, improved_in_pass = self.eq11_settings(), False
 

@@ -26,6 +26,7 @@ from slimllm.bench.spec import BenchSpec, Cell
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.eval.harness import zero_shot_with
 from slimllm.eval.ppl import perplexity_of_stream
+from slimllm.progress import progress_bar
 from slimllm.runtime import count_parameters, release_memory
 
 
@@ -297,7 +298,7 @@ class Bench:
         if compute and todo:
             with measure.torch_threads(spec.threads):
                 self._load()
-                bar = tqdm(todo, desc="bench cells", unit="cell", disable=not self.progress)
+                bar = progress_bar(todo, desc="bench cells", unit="cell", disable=not self.progress)
                 for index, cell in enumerate(bar):
                     elapsed_min = (time.perf_counter() - started) / 60
                     if spec.budget_minutes is not None and elapsed_min >= spec.budget_minutes:

@@ -96,7 +96,8 @@ def build_topk_cache(
     (padded positions carry no label). ``barrier`` waits for every process. Returns the folder.
     """
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+
+    from slimllm.progress import progress_bar
 
     folder = Path(folder)
     length = max(map(len, examples))
@@ -111,7 +112,7 @@ def build_topk_cache(
     barrier()
     shards = range(rank, -(-len(examples) // SHARD_SIZE), world_size)
     device = next(teacher.model.parameters()).device
-    for index in tqdm(shards, desc="teacher top-k", unit="shard", disable=not progress):
+    for index in progress_bar(shards, desc="teacher top-k", unit="shard", disable=not progress):
         path = shard_path(folder, index)
         if path.is_file():
             continue

@@ -135,24 +135,41 @@ def task_data_info(task: str, source: str, lm_task) -> dict:
 
 @contextlib.contextmanager
 def quiet_lm_eval() -> Iterator[None]:
-    """Silence lm-eval's logging below ERROR and datasets' map progress bars for the duration.
+    """Silence lm-eval's logging below ERROR and datasets' map progress bars for the duration;
+    when writing to a log (:mod:`slimllm.progress`), lm-eval's own bars become one line per stage.
 
     With a loaded model and the shipped custom datasets, lm-eval's warnings are all expected ones
     (an instance passed as ``pretrained``, custom dataset kwargs, default aggregations).
     """
     import datasets
 
+    from slimllm.progress import logging_lines, progress_bar
+
     logger = logging.getLogger("lm_eval")
     level = logger.level
     bars_were_enabled = datasets.is_progress_bar_enabled()
     logger.setLevel(logging.ERROR)
     datasets.disable_progress_bars()
+    # lm-eval makes its bars with a module-level ``tqdm`` and passes ``disable=False`` itself, so
+    # neither tqdm's environment defaults nor an argument reach them: swap the name while we run.
+    swapped = {}
+    if logging_lines():
+        for name in _LM_EVAL_BAR_MODULES:
+            module = importlib.import_module(name)
+            if hasattr(module, "tqdm"):
+                swapped[module], module.tqdm = module.tqdm, progress_bar
     try:
         yield
     finally:
         logger.setLevel(level)
+        for module, original in swapped.items():
+            module.tqdm = original
         if bars_were_enabled:
             datasets.enable_progress_bars()
+
+
+# where lm-eval (0.4.x) draws the bars of a zero-shot run
+_LM_EVAL_BAR_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
 
 
 def evaluate_task(

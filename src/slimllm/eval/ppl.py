@@ -19,10 +19,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from slimllm.data.sources import load_text, token_windows, tokenize_stream
 from slimllm.eval.settings import DEFAULT_BATCH_SIZE, DEFAULT_SEQLEN
+from slimllm.progress import progress_bar
 
 
 @torch.inference_mode()
@@ -38,7 +38,7 @@ def window_nll(
     total_nll = 0.0
     scored = 0
     batches = range(0, windows.shape[0], batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+    for start in progress_bar(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
         # one window at a time, so the float32 copy of the logits stays one window large
