@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tiny_models import FAMILIES, VOCAB, logits, tiny_llama  # noqa: F401  (older tests import them from here)
+from tiny_models import FAMILIES, VOCAB
 
 EVALUATION_TEXT_MISSING = (
     "WikiText-2/PTB are not beside this clone: put the shared data folder at ../shared/data (or set "

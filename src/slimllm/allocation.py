@@ -74,11 +74,17 @@ def eq11_weights(cosines: list[float], selected: list[int], alpha: float) -> dic
     return dict(zip(selected, weights.tolist(), strict=True))
 
 
-def _round_channels(ratio: float, width: int, round_to: int) -> int:
-    keep = width - round(ratio * width)
-    if round_to > 1:
-        keep = max(round_to, round_to * round(keep / round_to)) if width >= round_to else keep
+def rounded_channel_count(pruned: int, width: int, round_to: int) -> int:
+    """Channels to prune instead of ``pruned`` so the kept width is the nearest multiple of
+    ``round_to`` (at least one multiple kept; a width below ``round_to`` is left as it is)."""
+    keep = width - pruned
+    if round_to > 1 and width >= round_to:
+        keep = max(round_to, round_to * round(keep / round_to))
     return min(width - 1, max(0, width - keep))
+
+
+def _round_channels(ratio: float, width: int, round_to: int) -> int:
+    return rounded_channel_count(round(ratio * width), width, round_to)
 
 
 def _counts(ratio: float, costs: LayerCosts, round_to: int, only: str | None = None) -> tuple[int, int]:

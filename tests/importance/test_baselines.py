@@ -292,3 +292,21 @@ def test_taylor_refuses_fused_projections_instead_of_scoring_zeros(calib_data):
 
     with pytest.raises(UnsupportedModelError, match="fuses"):
         slimllm.prune(tiny_phi3(), None, PruneConfig(ratio=0.3, method="taylor"), data=calib_data, progress=False)
+
+
+def test_flap_allocation_rounds_kept_widths_to_multiples():
+    costs = [
+        LayerCosts(num_units=4, unit_params=100, width=16, channel_params=10, attn_bias_added=0, mlp_bias_added=0)
+    ] * 2
+    allocation = flap.FlapAllocation(adds_bias=False)
+    allocation.head_scores = [torch.tensor([5.0, 5.0, 5.0, 5.0])] * 2  # heads out of reach
+    allocation.channel_scores = [torch.linspace(-1.0, 1.5, 16), torch.linspace(0.4, 3.0, 16)]
+    exact = allocation(None, costs, 1000, PruneConfig(ratio=0.1, round_to=1))
+    rounded = allocation(None, costs, 1000, PruneConfig(ratio=0.1, round_to=4))
+    for pruned_exactly, pruned in zip(exact.channels_to_prune, rounded.channels_to_prune, strict=True):
+        if pruned_exactly == 0:
+            assert pruned == 0  # a layer FLAP leaves whole stays whole
+        else:  # the kept width goes to the nearest multiple of 4 (at least 4)
+            keep = 16 - pruned_exactly
+            assert 16 - pruned == max(4, 4 * round(keep / 4)) and (16 - pruned) % 4 == 0
+    assert sum(exact.channels_to_prune) == 10  # 10 channels of 10 parameters: 10% of 1000

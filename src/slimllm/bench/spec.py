@@ -66,6 +66,14 @@ def option_label(name: str) -> str:
     return f"slimllm{flags}" if flags.startswith("@") else f"slimllm {flags}"
 
 
+DEFAULT_SEEDS = (42, 43, 44)  # calibration seeds of the main rows
+
+
+def options_help() -> str:
+    """Every option row and the flags it stands for, for ``--options``'s help."""
+    return ", ".join(f"{name} ({OPTION_FLAGS[name]})" for name in OPTIONS)
+
+
 # Every registered method of the paper or a baseline, in listing order (not the beyond-paper ones: options).
 DEFAULT_METHODS = tuple(name for name in available_methods() if not REGISTRY[name].beyond_paper)
 
@@ -101,7 +109,7 @@ class BenchSpec:
     ratios: list[float] = field(default_factory=lambda: [0.2, 0.5])
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     ablations: bool = False
-    seeds: list[int] = field(default_factory=lambda: [42])
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     seed_eval: str = "all"  # for seeds after the first: "all" (ppl + zero-shot) or "ppl"
     round_to: list[int] = field(default_factory=list)  # extra "slimllm --round-to N" rows
     options: list[str] = field(default_factory=list)  # extra rows beyond the paper (OPTIONS)

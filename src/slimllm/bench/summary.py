@@ -75,10 +75,6 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _row(rows: list[dict], ratio, label: str) -> dict | None:
-    return next((r for r in rows if r["ratio"] == ratio and r["label"] == label), None)
-
-
 def _seed_value(records: list[dict], ratio, label: str, seed) -> dict | None:
     return next((r for r in records if r["ratio"] == ratio and r["label"] == label and r["seed"] == seed), None)
 

@@ -41,7 +41,7 @@ def _ints(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    from slimllm.bench.spec import DEFAULT_METHODS
+    from slimllm.bench.spec import DEFAULT_METHODS, DEFAULT_SEEDS, options_help
 
     p = subparsers.add_parser(
         "bench",
@@ -59,7 +59,12 @@ def register(subparsers) -> None:
         "--methods", type=parse_names, default=list(DEFAULT_METHODS), help=f"default {','.join(DEFAULT_METHODS)}"
     )
     p.add_argument("--ablations", action="store_true", help="add SlimLLM's ablation rows (first seed)")
-    p.add_argument("--seeds", type=_ints, default=[42, 43, 44], help="calibration seeds of the main rows")
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        default=list(DEFAULT_SEEDS),
+        help="calibration seeds of the main rows (default: %(default)s)",
+    )
     p.add_argument(
         "--seed-eval",
         choices=("all", "ppl"),
@@ -70,8 +75,7 @@ def register(subparsers) -> None:
         "--options",
         type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
         default=[],
-        help="add SlimLLM rows beyond the paper (first seed): ridge (--recovery ridge), ridge-dense, "
-        "calib-128x512, search (--method slimllm@search), search-ridge (both), best (--preset best)",
+        help=f"add SlimLLM rows beyond the paper (first seed): {options_help()}",
     )
     p.add_argument("--round-to", type=_ints, default=[], help="add 'slimllm --round-to N' rows, e.g. 8 or 8,64")
     g = p.add_argument_group("evaluation")

@@ -321,29 +321,6 @@ def gather_heads(weight: torch.Tensor, sources: list[int | None], head_dim: int,
     return torch.cat(pieces, dim=dim)
 
 
-def pad_rows(weight: torch.Tensor, rows: int, dim: int = 0) -> torch.Tensor:
-    """Zero-pad ``weight`` along ``dim`` to ``rows``."""
-    extra = rows - weight.shape[dim]
-    if extra < 0:
-        raise ValueError(f"cannot pad {weight.shape[dim]} down to {rows}")
-    if extra == 0:
-        return weight
-    shape = list(weight.shape)
-    shape[dim] = extra
-    return torch.cat([weight, weight.new_zeros(shape)], dim=dim)
-
-
-def regular_group(query_to_kv: list[int]) -> int | None:
-    """The group size if query head i reads kv head i // g for all i, else None."""
-    if not query_to_kv:
-        return None
-    n_kv = max(query_to_kv) + 1
-    if len(query_to_kv) % n_kv:
-        return None
-    g = len(query_to_kv) // n_kv
-    return g if query_to_kv == [i // g for i in range(len(query_to_kv))] else None
-
-
 def decoder_parameters(layers: list[Layer]) -> int:
     """Parameters of the decoder layers (weights, biases, norms)."""
     total = 0

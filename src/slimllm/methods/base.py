@@ -175,10 +175,6 @@ class Method:
     def adds_bias(self) -> bool:
         return self.recovery.adds_bias
 
-    @property
-    def uniform_ratios(self) -> bool:
-        return self.allocation == "uniform"
-
 
 REGISTRY: dict[str, MethodSpec] = {}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from slimllm import parallel
-from slimllm.allocation import Allocation, AllocationError, attention_units, removed_params
+from slimllm.allocation import Allocation, AllocationError, attention_units, removed_params, rounded_channel_count
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.importance.baselines import flap_channel_scores, flap_head_scores, selection, weight64
 from slimllm.layer_walk import hooks, on_device, run_layer
@@ -139,11 +139,8 @@ class FlapAllocation:
             if removed < target - max(c.channel_params for c in costs):
                 raise AllocationError(f"FLAP allocation cannot remove {config.ratio:.1%} of the parameters")
         if config.round_to > 1:
-            for i, c in enumerate(costs):
-                if chans[i] and c.width >= config.round_to:
-                    keep = c.width - chans[i]
-                    keep = max(config.round_to, config.round_to * round(keep / config.round_to))
-                    chans[i] = min(c.width - 1, max(0, c.width - keep))
+            rounded = [rounded_channel_count(k, c.width, config.round_to) for k, c in zip(chans, costs, strict=True)]
+            chans = [r if k else 0 for r, k in zip(rounded, chans, strict=True)]
         ratios = []
         for c, u, k in zip(costs, units, chans, strict=True):
             prunable = c.num_units * c.unit_params + c.width * c.channel_params
