@@ -235,9 +235,10 @@ def layer_costs(model, adapter, gqa: str) -> list[LayerCosts]:
     return costs
 
 
-def eq11_allocator(*, uniform: bool, adds_bias: bool):
+def eq11_allocator(*, uniform: bool, adds_bias: bool, one_part: bool = True):
     """An ``allocator`` for a method: Eq. 11 (or one uniform ratio) solved for the target, counting
-    the output biases only when the method's recovery adds them."""
+    the output biases only when the method's recovery adds them; ``one_part``: honour
+    ``config.only`` (not when the allocation is only a search's start)."""
 
     def allocator(cosines, costs, ratio_base, config) -> Allocation:
         return allocate(
@@ -245,13 +246,14 @@ def eq11_allocator(*, uniform: bool, adds_bias: bool):
             costs,
             ratio_base,
             ratio=config.ratio,
-            pruned_layers=config.layers,
-            alpha=config.alpha,
+            # one ratio everywhere: which layers and how peaked are Eq. 11's alone
+            pruned_layers=None if uniform else config.layers,
+            alpha=None if uniform else config.alpha,
             max_layer_ratio=config.max_layer_ratio,
             uniform=uniform,
             regression=adds_bias,
             round_to=config.round_to,
-            only=config.only,
+            only=config.only if one_part else None,
         )
 
     return allocator

@@ -22,8 +22,12 @@ import argparse
 from dataclasses import MISSING, fields
 
 
-def add_dataclass_arguments(parser, config_class, *, skip: tuple[str, ...] = ()) -> dict:
+def add_dataclass_arguments(
+    parser, config_class, *, skip: tuple[str, ...] = (), metadata: dict[str, dict] | None = None
+) -> dict:
     """One option per field of ``config_class`` (except ``skip``), each with the field's default.
+    ``metadata`` adds to or overrides fields' metadata, for what only a higher layer knows (the
+    names of registered plug-ins).
 
     Returns the argument groups it made, by title, for options that belong beside them.
     """
@@ -31,7 +35,7 @@ def add_dataclass_arguments(parser, config_class, *, skip: tuple[str, ...] = ())
     for item in fields(config_class):
         if item.name in skip:
             continue
-        meta = item.metadata
+        meta = {**item.metadata, **(metadata or {}).get(item.name, {})}
         target = parser
         if meta.get("group"):
             target = groups.get(meta["group"]) or groups.setdefault(

@@ -11,17 +11,19 @@ import time
 def register(subparsers) -> None:
     from slimllm.config import PRESETS, PruneConfig
     from slimllm.io import BUILTIN_MODELS
-    from slimllm.methods import method_help
+    from slimllm.methods import RECOVERIES, REGISTRY, allocation_help, method_help, recovery_help
     from slimllm.options import add_dataclass_arguments
 
+    readers = " and ".join(name for name, spec in REGISTRY.items() if "recovery" in spec.options)
     p = subparsers.add_parser(
         "prune",
         help="prune a model with SlimLLM and save it",
         description="Prune a decoder-only model (hub id, local folder, .gguf file, or a built-in: "
         f"{', '.join(BUILTIN_MODELS)}) and save it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog=f"methods: {method_help()}. NAME@slimllm, NAME@uniform or NAME@flap overrides the layer ratios "
-        "the method was published with.",
+        epilog=f"methods: {method_help()}. NAME@ALLOCATION overrides the layer ratios the method was published "
+        f"with: {allocation_help()}. recoveries (--recovery, for {readers}): {recovery_help()}. An option "
+        "that the chosen method and allocation do not read is refused.",
     )
     p.add_argument("model", help=f"hub id, local folder, .gguf file, or a built-in name: {', '.join(BUILTIN_MODELS)}")
     p.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["best"].items())
         + "); options given on the command line override it",
     )
-    add_dataclass_arguments(p, PruneConfig)
+    add_dataclass_arguments(p, PruneConfig, metadata={"recovery": {"choices": tuple(RECOVERIES)}})
     p.add_argument(
         "--in-memory",
         action="store_true",

@@ -8,13 +8,43 @@ and calls :func:`~slimllm.methods.base.register`; its import below makes ``--met
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 from slimllm.allocation import eq11_allocator
-from slimllm.config import PruneConfig
+from slimllm.config import SHARED_FIELDS, ConfigError, PruneConfig
 from slimllm.methods import flap, obs, simple, slimllm, taylor  # noqa: F401  (each registers its method, in this order)
-from slimllm.methods.base import REGISTRY, Method, MethodSpec, NoRecovery, RegressionRecovery, register
+from slimllm.methods.base import (
+    RECOVERIES,
+    RECOVERY_SUMMARIES,
+    REGISTRY,
+    Method,
+    MethodSpec,
+    NoRecovery,
+    RegressionRecovery,
+    register,
+)
 
-ALLOCATIONS = ("uniform", "eq11", "flap", "search")
+
+@dataclass(frozen=True)
+class AllocationSpec:
+    """A way to set the layer ratios (``--method NAME@ALLOCATION``) and the options it reads."""
+
+    name: str
+    summary: str
+    options: tuple[str, ...]
+
+
+_EQ11 = ("layers", "alpha", "max_layer_ratio", "round_to")
+ALLOCATION_SPECS = {
+    spec.name: spec
+    for spec in (
+        AllocationSpec("uniform", "one ratio in every layer", ("max_layer_ratio", "round_to", "only")),
+        AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", (*_EQ11, "only")),
+        AllocationSpec("flap", "FLAP's adaptive structure: standardised scores compared across layers", ("round_to",)),
+        AllocationSpec("search", "Eq. 11's counts refined by a KL search", (*_EQ11, "search_minutes", "search_steps")),
+    )
+}
+ALLOCATIONS = tuple(ALLOCATION_SPECS)
 _ALLOCATION_ALIASES = {"slimllm": "eq11", "slimllm-ratios": "eq11"}
 
 
@@ -59,11 +89,7 @@ def build_method(config: PruneConfig) -> Method:
     name, allocation = parse_method(config.method)
     spec = REGISTRY[name]
     allocation = "uniform" if config.uniform else (allocation or spec.default_allocation)
-    if config.only is not None and allocation in ("flap", "search"):
-        raise ValueError(
-            f"--only {config.only} works with the Eq. 11 or uniform layer ratios, not the {allocation} allocation "
-            f"of {config.method!r} (which chooses heads and channels together); use NAME@slimllm or NAME@uniform"
-        )
+    check_options(config, spec, allocation)
     criteria = spec.build(config)
     prepares = [criteria.prepare] if criteria.prepare is not None else []
     adds_bias = criteria.recovery.adds_bias
@@ -71,7 +97,8 @@ def build_method(config: PruneConfig) -> Method:
         allocator = flap.FlapAllocation(gqa=config.gqa, adds_bias=adds_bias)
         prepares.append(allocator.prepare)
     else:
-        allocator = eq11_allocator(uniform=allocation == "uniform", adds_bias=adds_bias)
+        one_part = "only" in ALLOCATION_SPECS[allocation].options
+        allocator = eq11_allocator(uniform=allocation == "uniform", adds_bias=adds_bias, one_part=one_part)
     return Method(
         name=config.method,
         heads=criteria.heads,
@@ -83,6 +110,41 @@ def build_method(config: PruneConfig) -> Method:
         # the search keeps candidate layers and runs the head on every trial
         whole_model=spec.whole_model or allocation == "search",
     )
+
+
+def check_options(config: PruneConfig, spec: MethodSpec, allocation: str) -> None:
+    """Refuse a method-specific option set away from its default that neither the method nor
+    its allocation reads (``--method flap --recovery ridge``): silently ignored, it would
+    mislead."""
+    owned = {*spec.options, *ALLOCATION_SPECS[allocation].options}
+    for item in fields(PruneConfig):
+        if item.name in SHARED_FIELDS or item.name in owned:
+            continue
+        value = vars(config)[item.name]  # not getattr: this is no use of the option (tests track uses)
+        if value != item.default:
+            readers = ", ".join(_flag(name) for name in sorted(owned)) or "nothing more"
+            raise ConfigError(
+                f"{_flag(item.name, value)} does not apply to --method {config.method} "
+                f"(method {spec.name} with the {allocation} allocation reads {readers}); drop it"
+            )
+
+
+def _flag(name: str, value=None) -> str:
+    """How the command line spells field ``name`` set to ``value`` (``--no-regression``)."""
+    flag = name.replace("_", "-")
+    if value is None:
+        return f"--{flag}"
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
+def allocation_help() -> str:
+    return "; ".join(f"{spec.name}: {spec.summary}" for spec in ALLOCATION_SPECS.values())
+
+
+def recovery_help() -> str:
+    return "; ".join(f"{name}: {RECOVERY_SUMMARIES[name]}" for name in RECOVERIES)
 
 
 def _chain(prepares: list[Callable]) -> Callable | None:
@@ -100,13 +162,19 @@ def _chain(prepares: list[Callable]) -> Callable | None:
 
 __all__ = [
     "ALLOCATIONS",
+    "ALLOCATION_SPECS",
+    "RECOVERIES",
+    "AllocationSpec",
     "Method",
     "MethodSpec",
     "NoRecovery",
     "RegressionRecovery",
+    "allocation_help",
     "available_methods",
     "build_method",
+    "check_options",
     "method_help",
     "parse_method",
+    "recovery_help",
     "register",
 ]

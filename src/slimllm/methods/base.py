@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from slimllm.config import PruneConfig
+from slimllm.config import ConfigError, PruneConfig
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.plan import Recovery
 from slimllm.recovery import attention_regression, paired_regression, ridge_refit
@@ -114,16 +114,24 @@ class LayerRidgeRecovery(DenseRidgeRecovery):
     dense_inputs = False
 
 
-RECOVERIES = {
-    "regression": RegressionRecovery,
-    "ridge": RidgeRecovery,
-    "ridge-dense": DenseRidgeRecovery,
-    "ridge-layer": LayerRidgeRecovery,
+# ``--recovery NAME``: the recoveries a method that reads the option can use, in listing order.
+RECOVERIES: dict[str, type[NoRecovery]] = {
+    cls.name: cls for cls in (RegressionRecovery, RidgeRecovery, DenseRidgeRecovery, LayerRidgeRecovery)
+}
+# What ``--recovery``'s help says of each (the classes' docstrings say how).
+RECOVERY_SUMMARIES = {
+    "regression": "the paper's per-column fit",
+    "ridge": "beyond the paper: o_proj/down_proj refitted by ridge regression onto their own dense outputs, "
+    "the penalty chosen on held-out calibration windows",
+    "ridge-dense": "the same, aiming at the dense model's hidden states",
+    "ridge-layer": "down_proj aiming at the dense layer's output on the pruned inputs",
 }
 
 
 def configured_recovery(config: PruneConfig) -> RecoveryMethod:
     """The recovery ``--recovery`` names, or none with the ``--no-regression`` ablation."""
+    if config.recovery not in RECOVERIES:
+        raise ConfigError(f"unknown recovery {config.recovery!r}; use one of {', '.join(RECOVERIES)}")
     return RECOVERIES[config.recovery]() if config.regression else NoRecovery()
 
 
@@ -146,16 +154,23 @@ class MethodSpec:
     """A registered method: its name, a one-line summary, the layer ratios it was published with
     (``eq11``, ``uniform`` or ``flap``) and how to build its criteria from a :class:`PruneConfig`.
     ``beyond_paper`` methods are options measured against SlimLLM (``slimllm bench --options``),
-    not rows of the default benchmark."""
+    not rows of the default benchmark. ``options`` are the :class:`PruneConfig` fields its
+    criteria and recovery read beyond those every run shares (:data:`slimllm.config.SHARED_FIELDS`);
+    any other method-specific field set away from its default is refused."""
 
     name: str
     summary: str
     default_allocation: str
     build: Callable[[PruneConfig], Criteria]
     beyond_paper: bool = False
+    options: tuple[str, ...] = ()
     # needs every weight in memory at once (a backward pass over the whole model), so it cannot
     # prune a model whose layers are read from disk one at a time
     whole_model: bool = False
+
+
+# the options of a method whose recovery is chosen by ``--recovery`` (``--no-regression``: none)
+RECOVERY_OPTIONS = ("recovery", "regression")
 
 
 @dataclass

@@ -6,7 +6,7 @@ which performs that refit. Layer ratios are Eq. 11's, as SlimLLM's."""
 from __future__ import annotations
 
 from slimllm.importance.obs import ObsChannels, ObsHeads
-from slimllm.methods.base import Criteria, MethodSpec, configured_recovery, register
+from slimllm.methods.base import RECOVERY_OPTIONS, Criteria, MethodSpec, configured_recovery, register
 
 
 def _obs(config) -> Criteria:
@@ -14,5 +14,12 @@ def _obs(config) -> Criteria:
 
 
 register(
-    MethodSpec("obs", "structured OBS: greedy least-squares error after refit (pair with ridge)", "eq11", _obs, True)
+    MethodSpec(
+        "obs",
+        "structured OBS: greedy least-squares error after refit (pair with ridge)",
+        "eq11",
+        _obs,
+        beyond_paper=True,
+        options=RECOVERY_OPTIONS,
+    )
 )

@@ -5,7 +5,7 @@ feature-space channel importance, the per-column regression, and Eq. 11's layer 
 from __future__ import annotations
 
 from slimllm.importance import FeatureSpaceChannels, PearsonGreedyHeads
-from slimllm.methods.base import Criteria, MethodSpec, configured_recovery, register
+from slimllm.methods.base import RECOVERY_OPTIONS, Criteria, MethodSpec, configured_recovery, register
 
 
 def _slimllm(config) -> Criteria:
@@ -16,4 +16,12 @@ def _slimllm(config) -> Criteria:
     )
 
 
-register(MethodSpec("slimllm", "Pearson heads + greedy search, feature-space channels, regression", "eq11", _slimllm))
+register(
+    MethodSpec(
+        "slimllm",
+        "Pearson heads + greedy search, feature-space channels, regression",
+        "eq11",
+        _slimllm,
+        options=("greedy", "feature_space", "keep_lowest", *RECOVERY_OPTIONS),
+    )
+)
