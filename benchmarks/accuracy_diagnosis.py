@@ -1,7 +1,7 @@
 """Where SlimLLM's zero-shot gap to FLAP at 20% comes from, on task documents the reported
 accuracy table never uses.
 
-README's 500-document table puts the whole gap in BoolQ and WinoGrande, the two tasks where the
+The 500-document table (docs/results.md) puts the whole gap in BoolQ and WinoGrande, the two tasks where the
 dense model does no better than always giving the most frequent answer. This script measures those
 two tasks on documents drawn from *outside* the 500-document evaluation subsets
 (:func:`slimllm.eval.held_out_doc_ids`), for models that each change one thing:
@@ -127,7 +127,7 @@ def render_markdown(results: dict, settings: dict) -> str:
         "# Where the accuracy gap comes from (SmolLM2-135M, 20%, held-out documents)",
         "",
         f"BoolQ and WinoGrande on documents outside the {EVALUATION_LIMIT}-document evaluation subsets "
-        f"(subset seed {EVALUATION_SEED}) of README's accuracy table: "
+        f"(subset seed {EVALUATION_SEED}) of the accuracy table in docs/results.md: "
         + ", ".join(
             f"{docs[t]} of {reference[t]['documents_total']} {t} documents (draw seed {settings['seed']})"
             for t in TASKS

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SmolLM2-135M tables of the README: every method and ablation at 20% and 50% of the
+# The SmolLM2-135M tables of docs/results.md: every method and ablation at 20% and 50% of the
 # parameters, on this machine's CPU, with the seeded subsets stated in results.md.
 #
 #   nohup benchmarks/bench_smollm2.sh &        # BUDGET=60 (minutes per process) by default

@@ -42,7 +42,7 @@ def ensure_pruned(ratio: float, folder: Path) -> None:
         return
     print(f"pruning SmolLM2-135M by {ratio:.0%} into {folder} (default settings)", flush=True)
     command = [sys.executable, "-m", "slimllm", "prune", "smollm2-135m", "--ratio", str(ratio)]
-    # one torch thread: on a busy 2-core machine OpenMP threads spin-wait on each other (see README)
+    # one torch thread: on a busy 2-core machine OpenMP threads spin-wait on each other (docs/results.md, "Speed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*command, "--output", str(folder), "--quiet"], check=True, env=env)
 

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 # Named sets of settings (``--preset``, :meth:`PruneConfig.from_preset`): "paper" is the default,
 # the paper's method; "best" is what measured better on held-out calibration text and on the
-# benchmarks in README ("Beyond the paper").
+# benchmarks in docs/usage.md ("Beyond the paper").
 PRESETS: dict[str, dict] = {
     "paper": {},
     # The ridge refit fits whole matrices and keeps improving with calibration tokens where the
