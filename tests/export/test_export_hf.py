@@ -77,7 +77,7 @@ def test_padded_and_biased_exports_load_in_stock_transformers(tmp_path):
 
 
 def test_uniform_group_plan_exports_exact_and_compact(tmp_path):
-    folder = pruned_folder(tmp_path / "u", "llama", gqa="group", ratio=0.3, uniform=True, layers=4, round_to=8)
+    folder = pruned_folder(tmp_path / "u", "llama", gqa="group", ratio=0.3, uniform=True, round_to=8)
     shapes = layer_shapes(folder)
     assert all(s is not None for s in shapes) and len({json.dumps(s) for s in shapes}) == 1, shapes
     report = export_hf(folder, tmp_path / "u-hf")
@@ -124,6 +124,28 @@ def test_cli_and_clear_errors(tmp_path, capsys):
     assert str(weights) in err and "truncated" in err
     with pytest.raises(ExportError, match=r"no config\.json"):
         export_hf(tmp_path, tmp_path / "o3")
+
+
+def test_each_target_reads_its_own_options_and_refuses_another_targets(tmp_path, capsys):
+    from dataclasses import fields
+
+    from slimllm.export import TARGETS, export_to
+
+    assert {"gguf", "hf"} <= set(TARGETS)
+    folder = pruned_folder(tmp_path / "p", "llama", ratio=0.3)
+    out = tmp_path / "out"
+    # a gguf option with --to hf is refused before anything is written; the folder is checked first
+    assert main(["export", str(folder), "--to", "hf", "--quant", "q8_0", "--output", str(out)]) == 2
+    assert "--to hf does not read --quant (an option of --to gguf)" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--to", "hf", "--quant", "q8_0", "--output", str(out)]) == 2
+    assert "model folder not found" in capsys.readouterr().err and not out.exists()
+    # an option both targets read, and the hf target's own, reach the exporter
+    options = TARGETS["hf"].options(dtype="bfloat16")
+    report = export_to("hf", folder, out, options)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16" and report.written_params > 0
+    assert {item.name for item in fields(TARGETS["hf"].options)} == {"dtype", "ignore_sliding_window"}
+    with pytest.raises(ValueError, match="unknown export target 'onnx'"):
+        export_to("onnx", folder, tmp_path / "x")
 
 
 def test_sharded_folder_exports(tmp_path):

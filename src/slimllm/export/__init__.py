@@ -8,5 +8,17 @@ folders (every layer dense).
 from slimllm.export.gguf import GGUFReport, export_gguf
 from slimllm.export.hf import HFReport, export_hf
 from slimllm.export.source import ExportError, load_source
+from slimllm.export.targets import TARGETS, ExportTarget, export_to, register_target
 
-__all__ = ["ExportError", "GGUFReport", "HFReport", "export_gguf", "export_hf", "load_source"]
+__all__ = [
+    "TARGETS",
+    "ExportError",
+    "ExportTarget",
+    "GGUFReport",
+    "HFReport",
+    "export_gguf",
+    "export_hf",
+    "export_to",
+    "load_source",
+    "register_target",
+]
