@@ -167,3 +167,23 @@ def test_sharded_folder_exports(tmp_path):
     (tmp_path / "p" / next(iter(index["weight_map"].values()))).unlink()
     with pytest.raises(ExportError, match="missing"):
         export_hf(tmp_path / "p", tmp_path / "hf2")
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [("gemma3_text", "norms after o_proj"), ("olmo2", "norms after the attention"), ("qwen3", "q/k RMS norms"),
+     ("phi3", "fused qkv_proj")],
+)  # fmt: skip
+def test_a_family_the_exporters_cannot_write_exactly_is_refused_with_the_reason(tmp_path, family, reason):
+    import slimllm
+    from slimllm.export import export_to
+    from tiny_models import FAMILIES
+
+    config = slimllm.PruneConfig(ratio=0.3, nsamples=12, seqlen=24, batch_size=5)
+    data = torch.randint(0, 96, (12, 24), generator=torch.Generator().manual_seed(7))
+    pruned, plan = slimllm.prune(FAMILIES[family](), None, config, data=data, progress=False)
+    slimllm.save(pruned, None, plan, tmp_path / "p")
+    for target in ("gguf", "hf"):
+        with pytest.raises(ExportError, match=f"{family} models cannot be exported exactly: .*{reason}"):
+            export_to(target, tmp_path / "p", tmp_path / f"out-{target}")
+        assert not (tmp_path / f"out-{target}").exists()

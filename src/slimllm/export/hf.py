@@ -22,7 +22,16 @@ from pathlib import Path
 
 import torch
 
-from slimllm.export.source import ExportError, SourceModel, decoder_parameters, gather_heads, load_source, regroup
+from slimllm.export.source import (
+    FAMILIES,
+    ExportError,
+    SourceModel,
+    decoder_parameters,
+    gather_heads,
+    load_source,
+    regroup,
+)
+from slimllm.models import adapter_class
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -38,7 +47,7 @@ TOKENIZER_FILES = (
 )
 # config.json keys that only slimllm's class reads
 SLIMLLM_KEYS = ("layer_shapes", "qkv_bias", "auto_map", "architectures", "model_type", "transformers_version", "dtype")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {family: adapter_class(family).hf_architecture for family in FAMILIES}
 
 
 @dataclass

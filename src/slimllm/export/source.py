@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from slimllm.modeling import MODEL_TYPE_PREFIX, legacy_family
+from slimllm.models import adapter_class, supported_model_types
 
-FAMILIES = ("llama", "mistral", "qwen2")
+# the families the exporters write exactly (each adapter says whether it is one, and why not)
+FAMILIES = tuple(name for name in supported_model_types() if adapter_class(name).export_refusal is None)
 PREFIX = MODEL_TYPE_PREFIX
 
 
@@ -103,6 +105,9 @@ def family_of(config: dict) -> tuple[str, bool]:
     pruned = model_type.startswith(PREFIX)
     family = model_type[len(PREFIX) :] if pruned else model_type
     family = legacy_family(config) or family  # slimllm 0.1 wrote every family as slimllm_llama
+    adapter = adapter_class(family)
+    if adapter is not None and adapter.export_refusal is not None:
+        raise ExportError(f"{family} models cannot be exported exactly: {adapter.export_refusal}")
     if family not in FAMILIES:
         raise ExportError(
             f"model_type {model_type!r} is not supported for export; supported: "

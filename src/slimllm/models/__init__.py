@@ -41,6 +41,11 @@ def family_of(config) -> str | None:
     return model_type
 
 
+def adapter_class(family: str) -> type[ModelAdapter] | None:
+    """The adapter class of a stock ``model_type``, or None if slimllm does not know it."""
+    return _ADAPTERS.get(family)
+
+
 def adapter_for(config) -> ModelAdapter:
     """The adapter for a transformers config (stock or pruned), chosen by ``config.model_type`` only."""
     family = family_of(config)
@@ -53,4 +58,11 @@ def adapter_for(config) -> ModelAdapter:
         ) from None
 
 
-__all__ = ["ModelAdapter", "UnsupportedModelError", "adapter_for", "family_of", "supported_model_types"]
+__all__ = [
+    "ModelAdapter",
+    "UnsupportedModelError",
+    "adapter_class",
+    "adapter_for",
+    "family_of",
+    "supported_model_types",
+]

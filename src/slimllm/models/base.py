@@ -76,6 +76,11 @@ class ModelAdapter:
     # o_proj's and down_proj's outputs are added to the residual stream as they are (no norm after
     # them), so a refit of either can aim at the dense model's hidden state (``--recovery ridge-dense``).
     residual_outputs: bool = True
+    # Export (slimllm.export): the stock transformers class a ``--to hf`` folder is written as,
+    # and the reason the family cannot be exported exactly (None: it can). The exporters write
+    # LLaMA's layer: pre-norms, q/k/v/o and gate/up/down, RoPE, SiLU, nothing else.
+    hf_architecture: str | None = None
+    export_refusal: str | None = "slimllm's exporters write LLaMA-layout layers only"
 
     # -- conversion -------------------------------------------------------------------------
     def check_supported(self, config) -> None:

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from slimllm.models.base import ModelAdapter
 
+_GEMMA_REFUSAL = (
+    "its norms after o_proj and down_proj, the scaled embeddings and GeGLU have no place in llama.cpp's "
+    "deci layer nor in a stock LLaMA one"
+)
+
 
 class Gemma2Adapter(ModelAdapter):
     model_type = "gemma2"
     residual_outputs = False
+    export_refusal = _GEMMA_REFUSAL + " (nor the logit soft-capping)"
 
 
 class Gemma3TextAdapter(ModelAdapter):
     model_type = "gemma3_text"
     residual_outputs = False
+    export_refusal = _GEMMA_REFUSAL + " (nor the q/k norms)"

@@ -21,6 +21,10 @@ class Olmo2Adapter(ModelAdapter):
     model_type = "olmo2"
     heads_independent = False  # the q/k norms span every head
     residual_outputs = False  # post-norms after the attention and the FFN
+    export_refusal = (
+        "its norms after the attention and the FFN (none before) and q/k norms over whole projections have no "
+        "place in llama.cpp's deci layer nor in a stock LLaMA one"
+    )
 
     def slice_head_parameters(self, layer: nn.Module, q_rows: list[int], kv_rows: list[int]) -> None:
         attn = layer.self_attn

@@ -29,6 +29,7 @@ def _fused(*parts: nn.Linear) -> nn.Linear:
 
 class Phi3Adapter(ModelAdapter):
     model_type = "phi3"
+    export_refusal = "its fused qkv_proj and gate_up_proj are not split for export yet"
 
     def attention(self, layer: nn.Module) -> AttentionParts:
         attn, query_to_kv = layer.self_attn, layer_query_to_kv(layer)
