@@ -28,12 +28,13 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the drivers' shared helpers
+from logged_run import run_logged
 
 STEPS, BATCH, CUTOFF, VAL_SIZE = 63, 8, 128, 64  # 63 × 8 × 128 = 64,512 training tokens per recovery
 COMMON = [
@@ -86,18 +87,6 @@ ROWS = [
 
 def slug(name: str) -> str:
     return name.replace(" + ", "+").replace("'", "").replace(" ", "-")
-
-
-def run(command: list[str], log: Path) -> float:
-    """Run a slimllm command, its output appended to ``log``; return its wall time."""
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write(f"$ {' '.join(command)}\n")
-        handle.flush()
-        finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
-    if finished.returncode:
-        raise SystemExit(f"failed ({finished.returncode}): {' '.join(command)}; see {log}")
-    return time.perf_counter() - start
 
 
 @torch.inference_mode()
@@ -155,21 +144,21 @@ def main() -> None:
             if not Path(model).is_dir():
                 command = [*slimllm_bin, "prune", dense_name, *PRUNES[prune], *per_model["prune"]]
                 command += ["--output", model, "--quiet"]
-                result["prune_wall_s"] = run(command, log)
+                result["prune_wall_s"] = run_logged(command, log)
                 commands.append(shlex.join(["slimllm", *command[3:]]))
         if recovery is not None:
             source, model = model, str(work / slug(name))
             if not Path(model).is_dir():
                 recover = [dense_name if word == "DENSE" else word for word in RECOVERIES[recovery]]
                 command = [*slimllm_bin, recover[0], source, *COMMON, *recover[1:], "--output", model, "--overwrite"]
-                result["recovery_wall_s"] = run(command, log)
+                result["recovery_wall_s"] = run_logged(command, log)
                 commands.append(shlex.join(["slimllm", *command[3:]]))
             result["recovery"] = recovery_summary(Path(model))
         if "ppl_wikitext2" not in result:
             ppl_json = out / "logs" / f"{slug(name)}.ppl.json"
             command = [*slimllm_bin, "eval", model, "--ppl", "wikitext2", "--tasks", "none", "--ppl-limit", "256"]
             command += per_model["eval"]
-            run([*command, "--no-progress", "--json", str(ppl_json)], log)
+            run_logged([*command, "--no-progress", "--json", str(ppl_json)], log)
             commands.append(shlex.join(["slimllm", *command[3:]]))
             result["ppl_wikitext2"] = json.loads(ppl_json.read_text())["models"][0]["perplexity"]["wikitext2"]["ppl"]
         if "held_out_kl" not in result:
@@ -177,7 +166,7 @@ def main() -> None:
         if name in with_tasks and "tasks" not in result:
             tasks_json = out / "logs" / f"{slug(name)}.tasks.json"
             command = [*slimllm_bin, "eval", model, "--ppl", "none", "--tasks", "all", "--task-limit", "500"]
-            result["tasks_wall_s"] = run([*command, "--seed", "0", "--json", str(tasks_json)], log)
+            result["tasks_wall_s"] = run_logged([*command, "--seed", "0", "--json", str(tasks_json)], log)
             commands.append(shlex.join(["slimllm", *command[3:]]))
             result["tasks"] = json.loads(tasks_json.read_text())["models"][0]["zero_shot"]
         result.update(name=name, model=model, commands=commands)

@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from slimllm.registry import Registry
+
 _IGNORE_SLIDING_WINDOW = "write a model without sliding-window attention, context capped at the window (exact up to it)"
 
 
@@ -52,14 +54,8 @@ class ExportTarget:
     summary_lines: Callable[[dict], list[str]]
 
 
-TARGETS: dict[str, ExportTarget] = {}
-
-
-def register_target(target: ExportTarget) -> ExportTarget:
-    if target.name in TARGETS:
-        raise ValueError(f"export target {target.name!r} is registered twice")
-    TARGETS[target.name] = target
-    return target
+TARGETS: Registry[ExportTarget] = Registry("export target")
+register_target = TARGETS.add
 
 
 def export_to(name: str, folder: str | os.PathLike, output: str | os.PathLike, options=None, *, overwrite=False):

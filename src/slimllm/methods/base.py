@@ -17,6 +17,7 @@ from slimllm.config import ConfigError, PruneConfig
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.plan import Recovery
 from slimllm.recovery import attention_regression, paired_regression, ridge_refit
+from slimllm.registry import Registry
 from slimllm.stats import PairedColumnMoments
 from slimllm.surgery import head_rows
 
@@ -191,11 +192,5 @@ class Method:
         return self.recovery.adds_bias
 
 
-REGISTRY: dict[str, MethodSpec] = {}
-
-
-def register(spec: MethodSpec) -> MethodSpec:
-    if spec.name in REGISTRY:
-        raise ValueError(f"method {spec.name!r} is registered twice")
-    REGISTRY[spec.name] = spec
-    return spec
+REGISTRY: Registry[MethodSpec] = Registry("method")
+register = REGISTRY.add
