@@ -1,6 +1,7 @@
 """results.md and curves.png from the per-row JSON files benchmarks/distill/run.py wrote.
 
 python benchmarks/distill/summarize.py benchmarks/results/distill
+python benchmarks/distill/summarize.py benchmarks/results/distill/gemma3-270m
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+TITLES = {
+    "smollm2-135m": "Recovery on SmolLM2-135M: distillation, LoRA, full fine-tuning",
+    "gemma3-270m": "Recovery on Gemma-3-270M, 20% of the decoder (WikiText-2 perplexity with <bos> per window)",
+}
 ORDER = [
     "dense",
     "slimllm-20",
@@ -85,7 +90,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(folder: Path) -> None:
     rows = load_rows(folder)
-    lines = ["# Recovery on SmolLM2-135M: distillation, LoRA, full fine-tuning", ""]
+    dense = next(row for row in rows if row["name"] == "dense")["model"]
+    lines = [f"# {TITLES[dense]}", ""]
     lines += table(rows)
     lines += ["", "Commands, in the order they ran:", "", "```bash"]
     lines += [command for row in rows for command in row.get("commands", [])]
