@@ -3,7 +3,8 @@
 Every row prunes the built-in gemma3-270m with `slimllm prune` (its ratio counted against the
 decoder, as the embeddings hold 64% of the model) and scores WikiText-2 perplexity over the first
 256 windows of 128 tokens, each after a <bos> token (`slimllm eval --bos`). At 20% of the decoder:
-the default, `--preset best`, the paper's ablation without the output regression, FLAP, Wanda-SP,
+the default, `--preset best` and each half of it (`--recovery ridge-layer`; 128 windows of 512
+tokens), the paper's ablation without the output regression, FLAP, Wanda-SP,
 magnitude, and FFN-only. The attention alone cannot give 20% (a layer keeps at least one of its 4
 heads: at most 17.6% of the decoder), so attention-only against FFN-only against both runs at 10%.
 
@@ -29,6 +30,9 @@ ROWS = {
     "dense": None,
     "slimllm-20": ["--ratio", "0.2"],
     "slimllm-20 best": ["--ratio", "0.2", "--preset", "best"],
+    # what of "best" matters: its recovery at the default calibration, or its calibration alone
+    "slimllm-20 ridge-layer": ["--ratio", "0.2", "--recovery", "ridge-layer"],
+    "slimllm-20 128x512": ["--ratio", "0.2", "--nsamples", "128", "--seqlen", "512"],
     "slimllm-20 no regression": ["--ratio", "0.2", "--no-regression"],
     "flap-20": ["--ratio", "0.2", "--method", "flap"],
     "wanda-sp-20": ["--ratio", "0.2", "--method", "wanda-sp"],
@@ -48,14 +52,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", required=True, help="folder for the pruned models")
     parser.add_argument("--out", required=True, help="folder for the per-row JSON results, logs and table")
+    parser.add_argument("--rows", default="all", help="comma-separated row names (default: all)")
     args = parser.parse_args()
+    wanted = set(ROWS) if args.rows == "all" else set(args.rows.split(","))
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     slimllm_bin = [sys.executable, "-m", "slimllm"]
     for name, prune_args in ROWS.items():
         result_path = out / f"{slug(name)}.json"
-        if result_path.is_file():
+        if name not in wanted or result_path.is_file():
             continue
         log, result, commands = out / "logs" / f"{slug(name)}.log", {"name": name}, []
         model = DENSE
