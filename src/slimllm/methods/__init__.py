@@ -15,7 +15,6 @@ from slimllm.config import SHARED_FIELDS, ConfigError, PruneConfig
 from slimllm.methods import flap, obs, simple, slimllm, taylor  # noqa: F401  (each registers its method, in this order)
 from slimllm.methods.base import (
     RECOVERIES,
-    RECOVERY_SUMMARIES,
     REGISTRY,
     Method,
     MethodSpec,
@@ -23,6 +22,7 @@ from slimllm.methods.base import (
     RegressionRecovery,
     register,
 )
+from slimllm.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,14 @@ class AllocationSpec:
 
 
 _EQ11 = ("layers", "alpha", "max_layer_ratio", "round_to")
-ALLOCATION_SPECS = {
-    spec.name: spec
-    for spec in (
-        AllocationSpec("uniform", "one ratio in every layer", ("max_layer_ratio", "round_to", "only")),
-        AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", (*_EQ11, "only")),
-        AllocationSpec("flap", "FLAP's adaptive structure: standardised scores compared across layers", ("round_to",)),
-        AllocationSpec("search", "Eq. 11's counts refined by a KL search", (*_EQ11, "search_minutes", "search_steps")),
-    )
-}
+ALLOCATION_SPECS: Registry[AllocationSpec] = Registry("allocation")
+for _spec in (
+    AllocationSpec("uniform", "one ratio in every layer", ("max_layer_ratio", "round_to", "only")),
+    AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", (*_EQ11, "only")),
+    AllocationSpec("flap", "FLAP's adaptive structure: standardised scores compared across layers", ("round_to",)),
+    AllocationSpec("search", "Eq. 11's counts refined by a KL search", (*_EQ11, "search_minutes", "search_steps")),
+):
+    ALLOCATION_SPECS.add(_spec)
 ALLOCATIONS = tuple(ALLOCATION_SPECS)
 _ALLOCATION_ALIASES = {"slimllm": "eq11", "slimllm-ratios": "eq11"}
 
@@ -144,7 +143,7 @@ def allocation_help() -> str:
 
 
 def recovery_help() -> str:
-    return "; ".join(f"{name}: {RECOVERY_SUMMARIES[name]}" for name in RECOVERIES)
+    return "; ".join(f"{name}: {recovery.summary}" for name, recovery in RECOVERIES.items())
 
 
 def _chain(prepares: list[Callable]) -> Callable | None:

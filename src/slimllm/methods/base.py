@@ -66,6 +66,7 @@ class RegressionRecovery(NoRecovery):
     """SlimLLM's per-column least squares, folded into o_proj/down_proj as scale plus bias."""
 
     name = "regression"
+    summary = "the paper's per-column fit"
     adds_bias = True
     needs_output_pass = True
 
@@ -84,6 +85,10 @@ class RidgeRecovery(NoRecovery):
     batches (:func:`slimllm.recovery.ridge_refit`)."""
 
     name = "ridge"
+    summary = (
+        "beyond the paper: o_proj/down_proj refitted by ridge regression onto their own dense outputs, "
+        "the penalty chosen on held-out calibration windows"
+    )
     adds_bias = True
     held_out_moments = True
 
@@ -102,6 +107,7 @@ class DenseRidgeRecovery(RidgeRecovery):
     error. Families with norms after o_proj/down_proj (Gemma, OLMo 2) fall back to ``ridge``."""
 
     name = "ridge-dense"
+    summary = "the same, aiming at the dense model's hidden states"
     dense_targets = True
     dense_inputs = True  # the dense model runs alongside on its own inputs
 
@@ -112,21 +118,14 @@ class LayerRidgeRecovery(DenseRidgeRecovery):
     earlier layers are not chased (``ridge-dense`` chases them)."""
 
     name = "ridge-layer"
+    summary = "down_proj aiming at the dense layer's output on the pruned inputs"
     dense_inputs = False
 
 
 # ``--recovery NAME``: the recoveries a method that reads the option can use, in listing order.
-RECOVERIES: dict[str, type[NoRecovery]] = {
-    cls.name: cls for cls in (RegressionRecovery, RidgeRecovery, DenseRidgeRecovery, LayerRidgeRecovery)
-}
-# What ``--recovery``'s help says of each (the classes' docstrings say how).
-RECOVERY_SUMMARIES = {
-    "regression": "the paper's per-column fit",
-    "ridge": "beyond the paper: o_proj/down_proj refitted by ridge regression onto their own dense outputs, "
-    "the penalty chosen on held-out calibration windows",
-    "ridge-dense": "the same, aiming at the dense model's hidden states",
-    "ridge-layer": "down_proj aiming at the dense layer's output on the pruned inputs",
-}
+RECOVERIES: Registry[type[NoRecovery]] = Registry("recovery")
+for _recovery in (RegressionRecovery, RidgeRecovery, DenseRidgeRecovery, LayerRidgeRecovery):
+    RECOVERIES.add(_recovery)
 
 
 def configured_recovery(config: PruneConfig) -> RecoveryMethod:
