@@ -10,6 +10,9 @@ Rows (each a fresh process; results in ``--out``/NAME.json, rows already there a
 - ``qwen-30-out-of-core``: the same at 30% of the decoder.
 - ``ppl-dense``, ``ppl-20``, ``ppl-30``: WikiText-2 perplexity over the first ``--ppl-windows``
   windows of 128 tokens (``slimllm eval``).
+- ``qwen-RR-best``, ``qwen-RR-flap`` (RR = 20, 30): ``--preset best`` and ``--method flap``, out of
+  core; ``ppl256-dense``, ``ppl256-RR-MODE``: perplexity over the first 256 windows of the dense model
+  and of each ``qwen-RR-MODE`` folder (``MODE`` = ``out-of-core`` for the default prune).
 - ``processes-1``, ``processes-2``: SmolLM2-135M at 20%, one process with 2 threads against
   ``torchrun --nproc-per-node 2`` with one thread each, on 128 calibration windows: the seconds of
   the dense cosine pass and of the pruning walk from the report, and whether the plans agree.
@@ -97,11 +100,11 @@ def main() -> None:
 
     row("conversion", conversion)
 
-    def prune(ratio: str, mode: str):
+    def prune(ratio: str, mode: str, *options: str):
         def compute(log: Path) -> dict:
             output = work / f"qwen-{ratio}-{mode}"
             arguments = ["prune", QWEN, "--ratio", f"0.{ratio}", "--ratio-of", "decoder", "--quiet", "--overwrite"]
-            arguments += ["--output", str(output)] + (["--in-memory"] if mode == "in-memory" else [])
+            arguments += ["--output", str(output)] + (["--in-memory"] if mode == "in-memory" else []) + list(options)
             result = measured(slimllm_command(*arguments), log)
             report = json.loads((output / "slimllm_report.json").read_text())
             result.update(
@@ -131,19 +134,32 @@ def main() -> None:
     row("qwen-20-identical", identical)
     row("qwen-30-out-of-core", prune("30", "out-of-core"))
 
-    def perplexity(model: str):
+    def perplexity(model: str, windows: int | None = None):
+        windows = windows or args.ppl_windows
+
         def compute(log: Path) -> dict:
             report = log.with_suffix(".json")
-            arguments = ["eval", model, "--ppl", "wikitext2", "--tasks", "none", "--ppl-limit", str(args.ppl_windows)]
+            arguments = ["eval", model, "--ppl", "wikitext2", "--tasks", "none", "--ppl-limit", str(windows)]
             result = measured(slimllm_command(*arguments, "--no-progress", "--json", str(report)), log)
             ppl = json.loads(report.read_text())["models"][0]["perplexity"]["wikitext2"]
-            return {**result, "command": shlex.join(["slimllm", *arguments]), "windows": args.ppl_windows, **ppl}
+            return {**result, "command": shlex.join(["slimllm", *arguments]), "windows": windows, **ppl}
 
         return compute
 
     row("ppl-dense", perplexity(QWEN))
     row("ppl-20", perplexity(str(work / "qwen-20-out-of-core")))
     row("ppl-30", perplexity(str(work / "qwen-30-out-of-core")))
+
+    # Quality side by side (issue 26): the default, --preset best and FLAP at 20% and 30% of the
+    # decoder, perplexity over the first 256 windows; the 20% rows first, they answer the goal.
+    variants = {"out-of-core": (), "best": ("--preset", "best"), "flap": ("--method", "flap")}
+    for ratio in ("20", "30"):
+        for mode, options in variants.items():
+            if mode != "out-of-core":
+                row(f"qwen-{ratio}-{mode}", prune(ratio, mode, *options))
+            if ratio == "20" and mode == "out-of-core":
+                row("ppl256-dense", perplexity(QWEN, 256))
+            row(f"ppl256-{ratio}-{mode}", perplexity(str(work / f"qwen-{ratio}-{mode}"), 256))
 
     def processes(count: int):
         def compute(log: Path) -> dict:
