@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -68,3 +69,13 @@ def test_a_command_writing_to_a_log_has_no_bar_redraws(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "\r" not in finished.stderr and "\r" not in finished.stdout
     assert any(line.startswith(f"PPL {text}: ") and " batches in " in line for line in finished.stderr.splitlines())
+
+
+def test_datasets_bars_are_off_in_a_log_without_importing_datasets_early():
+    code = (
+        "import io, sys; from slimllm import progress; progress.log_lines_unless_terminal(io.StringIO()); "
+        "early = 'datasets' in sys.modules; import datasets; print(early, datasets.is_progress_bar_enabled())"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
+    assert done.stdout.split() == ["False", "False"]

@@ -10,6 +10,7 @@ keeps tqdm's bars.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm as plain_tqdm
@@ -24,11 +25,13 @@ def log_lines_unless_terminal(stream=None) -> bool:
     stream = sys.stderr if stream is None else stream
     _log_lines = not (hasattr(stream, "isatty") and stream.isatty())
     if _log_lines:
-        import datasets
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-        datasets.disable_progress_bars()
+        if sys.modules.get("datasets") is not None:
+            sys.modules["datasets"].disable_progress_bars()
+        else:  # read when datasets is first imported: a prune that never loads a dataset skips its import
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     return _log_lines
 
 
