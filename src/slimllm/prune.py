@@ -192,6 +192,9 @@ def prune(
             layer_rows.append(_layer_row(record, before, count_parameters(layer), time.perf_counter() - start))
             if checkpoint is not None:
                 checkpoint.finish_layer(record, layer_rows[-1], prune_layer.surplus, batches, prune_layer.dense_inputs)
+            _point_refits_at_model(slim, adapter, layer, record, drop=spill is not None)
+    for record in layer_plans[:finished]:  # restored from an interrupted run's records
+        _point_refits_at_model(slim, adapter, layers[record.index], record, drop=spill is not None)
     adapter.sync_config(slim)
 
     plan = PrunePlan(
@@ -223,6 +226,22 @@ def _run_record(model, config: PruneConfig, windows: torch.Tensor) -> dict:
         "model_config": {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"},
         "weight_files": {path: Path(path).stat().st_size for path in files},
     }
+
+
+def _point_refits_at_model(slim, adapter, layer, record: LayerPlan, drop: bool) -> None:
+    """Name the pruned model's tensor that holds each refitted projection of ``record`` (saving the
+    plan then names it instead of copying it); with ``drop`` (out of core, the layer is on disk)
+    let go of the weight itself, so nothing of a finished layer stays resident."""
+    projections = {"attn": adapter.attention(layer).o_proj, "mlp": adapter.mlp(layer).down_proj}
+    names = None
+    for part, recovery in record.recoveries():
+        if recovery is None or recovery.weight is None:
+            continue
+        if names is None:
+            names = {id(module): name for name, module in slim.named_modules()}
+        recovery.weight_in_model = names[id(projections[part])] + ".weight"
+        if drop:
+            recovery.weight = None
 
 
 def _restore_finished(

@@ -34,6 +34,11 @@ def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list
 def fold_into_linear(linear: torch.nn.Linear, recovery: Recovery) -> torch.nn.Linear:
     """A new Linear computing ``scale ⊙ linear(x) + bias`` (scale and bias per output)."""
     dtype, device = linear.weight.dtype, linear.weight.device
+    if recovery.weight is None and recovery.weight_in_model is not None:
+        raise ValueError(
+            f"this plan's refitted weight lives in its pruned model ({recovery.weight_in_model}): "
+            "apply the plan as PrunePlan.load(folder) gives it, after the pruned model is saved there"
+        )
     if recovery.weight is not None:  # a refitted projection replaces the pruned one
         if tuple(recovery.weight.shape) != tuple(linear.weight.shape):
             shapes = f"{tuple(recovery.weight.shape)} vs {tuple(linear.weight.shape)}"
