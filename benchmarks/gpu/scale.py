@@ -106,6 +106,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/slimllm-gpu-scale", help="model folders (tens of GB)")
     parser.add_argument("--dry-run", action="store_true", help="the tiny shape on the CPU")
     parser.add_argument("--shapes", default="qwen2.5-1.5b-shape,llama-3-8b-shape")
+    parser.add_argument("--runs", help="SHAPE:RUN,... instead of the default plan (RUN: default, best, in-memory)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per prune before it is killed")
     args = parser.parse_args()
 
@@ -116,6 +117,8 @@ def main() -> int:
         print("benchmarks/gpu/scale.py: no CUDA device here (use --dry-run to check the script)", file=sys.stderr)
         return 2
     shapes = ["tiny"] if args.dry_run else args.shapes.split(",")
+    if args.runs and args.dry_run:
+        args.runs = ",".join("tiny:" + item.split(":")[1] for item in args.runs.split(","))
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,9 @@ def main() -> int:
     # The default prune of every shape first; --preset best (16x the calibration tokens) on the
     # smallest shape only, last: it shows the factor without an 8B run of its own.
     plan = [(shape, "default") for shape in shapes] + [(shapes[0], "best")]
-    options_of = {"default": (), "best": ("--preset", "best")}
+    if args.runs:
+        plan = [tuple(item.split(":")) for item in args.runs.split(",")]
+    options_of = {"default": (), "best": ("--preset", "best"), "in-memory": ("--in-memory",)}
     built: dict[str, dict] = {}
     rows = []
     for shape, name in plan:
