@@ -100,6 +100,29 @@ def prune(source: Path, output: Path, device: str, calib: Path, log: Path, timeo
     return result
 
 
+def summarize(out: Path) -> str:
+    """``OUT/summary.md`` from every row in ``OUT`` (rows of several calls together)."""
+    rows = [json.loads(path.read_text()) for path in sorted(out.glob("*.json"))]
+    order = {"default": 0, "in-memory": 1, "best": 2}
+    rows.sort(key=lambda row: (row["model"].get("params", 0), order.get(row["run"], 9)))
+    lines = ["| shape | run | prune s | process wall s | peak GPU GiB | peak RSS GiB | parameters |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for row in rows:
+        if "seconds" not in row:
+            lines.append(f"| {row['shape']} | {row['run']} | failed or timed out | | | | |")
+            continue
+        params = row["params"]
+        lines.append(
+            f"| {row['shape']} | {row['run']} | {row['seconds']['total']:.1f} | {row['wall_s']:.1f} | "
+            f"{row['peak_gpu_gib']:.2f} | {row['peak_rss_gib']:.2f} | {params['dense']:,} → {params['pruned']:,} |"
+        )
+    machines = sorted({json.dumps(row["machine"], sort_keys=True) for row in rows})
+    commands = [f"    {row['command']}" for row in rows]
+    text = "\n".join([*machines, "", *lines, "", "Commands (each model folder random, bfloat16):", "", *commands])
+    (out / "summary.md").write_text(text + "\n")
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="results folder (created)")
@@ -144,19 +167,8 @@ def main() -> int:
         (out / f"{shape}-{name}.json").write_text(json.dumps(row, indent=2) + "\n")
         print(json.dumps(row), flush=True)
         rows.append(row)
-    lines = ["| shape | run | prune s | process wall s | peak GPU GiB | peak RSS GiB | parameters |"]
-    lines.append("|---|---|---|---|---|---|---|")
-    for row in rows:
-        if "seconds" not in row:
-            lines.append(f"| {row['shape']} | {row['run']} | failed or timed out | | | | |")
-            continue
-        params = row["params"]
-        lines.append(
-            f"| {row['shape']} | {row['run']} | {row['seconds']['total']:.1f} | {row['wall_s']:.1f} | "
-            f"{row['peak_gpu_gib']:.2f} | {row['peak_rss_gib']:.2f} | {params['dense']:,} → {params['pruned']:,} |"
-        )
-    (out / "summary.md").write_text(f"{machine}\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    summary = summarize(out)
+    print(summary)
     return 0 if all("seconds" in row for row in rows) else 1
 
 
