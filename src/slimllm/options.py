@@ -95,3 +95,37 @@ def dataclass_from_arguments(config_class, args, defaults: dict | None = None):
 def comma_list(text: str) -> tuple[str, ...]:
     """``"a, b,c"`` as ``("a", "b", "c")``."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def markdown_table(parser: argparse.ArgumentParser, read_by=None) -> str:
+    """Every option of ``parser`` as a markdown table: flag, default, meaning (its help text), and,
+    with ``read_by`` (a function of the option's field name), which plug-ins read it. Documentation
+    is generated from the parser so that it cannot drift from the code."""
+    header = ["flag", "default", "meaning"] + (["read by"] if read_by else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
+        if action.choices:
+            flags += " " + "\\|".join(f"`{choice}`" for choice in action.choices)
+        meaning = (action.help or "").replace("%(default)s", str(action.default)).replace("%%", "%")
+        row = [flags, _default_text(action), meaning.replace("|", "\\|")]
+        if read_by:
+            row.append(read_by(action.dest))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _default_text(action: argparse.Action) -> str:
+    if action.required:
+        return "required"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return "off"  # the flag is not given
+    if isinstance(action.default, bool):
+        return "on" if action.default else "off"
+    if action.default is None:
+        return "–"
+    if isinstance(action.default, tuple):
+        return ", ".join(map(str, action.default)) or "–"
+    return f"`{action.default}`"

@@ -52,6 +52,22 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def options_markdown() -> str:
+    """``slimllm prune``'s options as the markdown table docs/usage.md shows (generated, tested)."""
+    from slimllm.methods import ALLOCATION_SPECS, RECOVERIES, REGISTRY, available_methods, option_readers
+    from slimllm.options import markdown_table
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    prune = parser._subparsers._group_actions[0].choices["prune"]
+    plugins = ["| plug-in | name | what it is |", "|---|---|---|"]
+    rows = [("method (`--method NAME`)", name, REGISTRY[name].summary) for name in available_methods()]
+    rows += [("allocation (`--method NAME@ALLOCATION`)", spec.name, spec.summary) for spec in ALLOCATION_SPECS.values()]
+    rows += [("recovery (`--recovery`)", name, recovery.summary) for name, recovery in RECOVERIES.items()]
+    plugins += [f"| {kind} | `{name}` | {summary.replace('|', chr(92) + '|')} |" for kind, name, summary in rows]
+    return markdown_table(prune, read_by=option_readers) + "\n\n" + "\n".join(plugins)
+
+
 def config_from_args(args):
     from slimllm.config import PRESETS, PruneConfig
     from slimllm.options import dataclass_from_arguments

@@ -56,6 +56,20 @@ def available_methods() -> list[str]:
     return sorted(REGISTRY, key=lambda name: (_LISTING_ORDER.index(name) if name in _LISTING_ORDER else 99, name))
 
 
+def option_readers(field: str) -> str:
+    """Which plug-ins read the :class:`PruneConfig` field ``field``: every run (the shared fields),
+    else the methods and ``@allocations`` that declare it; the command itself for other options."""
+    from slimllm.config import SHARED_FIELDS, PruneConfig
+
+    if field in SHARED_FIELDS:
+        return "every run"
+    if field not in PruneConfig.__dataclass_fields__:
+        return "the command"
+    readers = [name for name in available_methods() if field in REGISTRY[name].options]
+    readers += [f"@{name}" for name, spec in ALLOCATION_SPECS.items() if field in spec.options]
+    return ", ".join(readers)
+
+
 def method_help() -> str:
     return "; ".join(f"{name}: {REGISTRY[name].summary}" for name in available_methods())
 
@@ -173,6 +187,7 @@ __all__ = [
     "build_method",
     "check_options",
     "method_help",
+    "option_readers",
     "parse_method",
     "recovery_help",
     "register",
