@@ -14,6 +14,8 @@ llama-cpp-python on this CPU:
 
     python benchmarks/serve/run.py                       # prunes out/smollm2-20 and -50 if missing
     python benchmarks/serve/run.py --quants f16,q8_0 --ppl-windows 32 --repeats 3   # quicker
+    python benchmarks/serve/run.py --dense qwen2.5-coder-1.5b --pruned 20%=/work/runs/scale/qwen-20-out-of-core \
+        --quants q8_0 --ppl-windows 0 --out benchmarks/serve/results-qwen2.5-coder-1.5b   # another model
 
 Results: ``benchmarks/serve/results/results.json`` and ``results.md``. GGUF files go to
 ``--work`` (default ``out/serve``; not committed).
@@ -49,7 +51,9 @@ def ensure_pruned(ratio: float, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ratios", default="0.2,0.5")
+    parser.add_argument("--dense", default="smollm2-135m", help="built-in name or folder of the dense model")
+    parser.add_argument("--pruned", default="", help="NAME=FOLDER,... pruned folders (instead of --ratios)")
+    parser.add_argument("--ratios", default="0.2,0.5", help="SmolLM2-135M: prune out/smollm2-RR if missing")
     parser.add_argument("--quants", default="f16,q8_0,q4_k_m")
     parser.add_argument("--ppl-windows", type=int, default=256)
     parser.add_argument("--prompt", type=int, default=512)
@@ -76,17 +80,24 @@ def main(argv: list[str] | None = None) -> int:
 
     wall = time.perf_counter()
     load_before = os.getloadavg()
-    slimllm.load("smollm2-135m")  # converts the bundled GGUF into the cache once
-    models = {"dense": cache_dir() / "smollm2-135m"}
-    for ratio in [float(r) for r in args.ratios.split(",") if r]:
-        folder = ROOT / "out" / f"smollm2-{round(ratio * 100)}"
-        ensure_pruned(ratio, folder)
-        models[f"{ratio:.0%}"] = folder
+    if Path(args.dense).is_dir():
+        models = {"dense": Path(args.dense)}
+    else:
+        slimllm.load(args.dense, on_disk=True)  # converts a built-in into the cache once
+        models = {"dense": cache_dir() / args.dense}
+    label = Path(args.dense).name
+    if args.pruned:
+        models.update({name: Path(folder) for name, folder in (item.split("=", 1) for item in args.pruned.split(","))})
+    else:
+        for ratio in [float(r) for r in args.ratios.split(",") if r]:
+            folder = ROOT / "out" / f"smollm2-{round(ratio * 100)}"
+            ensure_pruned(ratio, folder)
+            models[f"{ratio:.0%}"] = folder
 
     tokenizer = AutoTokenizer.from_pretrained(str(models["dense"]))
     text, info = load_text("wikitext2", quiet=True)
     stream = tokenize_stream(tokenizer, text)
-    windows = token_windows(stream, 128, args.ppl_windows)
+    windows = token_windows(stream, 128, args.ppl_windows) if args.ppl_windows else None
     prompt = stream[: args.prompt].tolist()
     generate = stream[args.prompt : args.prompt + args.generate].tolist()
 
@@ -98,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         output_params = source.embed.numel()  # the output matmul runs for every token, tied or not
         del source
         for quant in [q for q in args.quants.split(",") if q]:
-            path = args.work / f"smollm2-{name.rstrip('%')}-{quant}-pad{args.pad_ffn}.gguf"
+            path = args.work / f"{label}-{name.rstrip('%')}-{quant}-pad{args.pad_ffn}.gguf"
             start = time.perf_counter()
             report = export_gguf(folder, path, quant=quant, threads=args.threads, pad_ffn=args.pad_ffn)
             export_s = time.perf_counter() - start
             start = time.perf_counter()
-            total, scored = window_nll(path, windows, threads=args.threads)
+            total, scored = (float("nan"), 1)  # --ppl-windows 0: speed only
+            if windows is not None:
+                total, scored = window_nll(path, windows, threads=args.threads)
             ppl_s = time.perf_counter() - start
             row = {
                 "model": name,
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fallbacks": len(report.fallbacks),
                 "fallback_types": sorted({f["type"] for f in report.fallbacks}),
                 "ppl": float(torch.tensor(total / scored, dtype=torch.float64).exp()),
-                "ppl_windows": int(windows.shape[0]),
+                "ppl_windows": int(windows.shape[0]) if windows is not None else 0,
                 "path": str(path),
                 "export_s": export_s,
                 "ppl_s": ppl_s,
