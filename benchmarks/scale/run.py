@@ -18,7 +18,9 @@ Rows (each a fresh process; results in ``--out``/NAME.json, rows already there a
   the dense cosine pass and of the pruning walk from the report, and whether the plans agree.
 
 ``conversion``: the built-in's one-time conversion (the joined GGUF → a safetensors folder in the
-cache), timed apart in a fresh cache.
+cache, one tensor at a time), timed apart in a fresh cache; ``conversion-identical`` compares its
+folder with the cache's tensor by tensor. ``conversion-whole-model.json`` is the same row measured
+before the conversion streamed (transformers' whole-model GGUF load).
 
     python benchmarks/scale/run.py --work /tmp/scale --out benchmarks/results/scale
 """
@@ -99,6 +101,20 @@ def main() -> None:
         return {"command": f"SLIMLLM_CACHE=fresh {shlex.join(command)}", **measured(command, log, environment)}
 
     row("conversion", conversion)
+
+    def conversion_identical(log: Path) -> dict:
+        """The streamed conversion against the cache's folder (converted earlier, maybe by the whole-model path)."""
+        from slimllm.io import cache_dir
+
+        result = log.with_suffix(".json")
+        folders = [str(work / "fresh-cache" / QWEN), str(cache_dir() / QWEN)]
+        code = (
+            "import json, sys, run; json.dump(run.same_tensors(*map(run.Path, sys.argv[1:3])), open(sys.argv[3], 'w'))"
+        )
+        subprocess.run([sys.executable, "-c", code, *folders, str(result)], check=True, cwd=Path(__file__).parent)
+        return json.loads(result.read_text())
+
+    row("conversion-identical", conversion_identical)
 
     def prune(ratio: str, mode: str, *options: str):
         def compute(log: Path) -> dict:
