@@ -34,3 +34,20 @@ def test_streamed_conversion_equals_transformers_whole_model_load(tmp_path):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_convert_command_writes_a_folder_that_prunes_out_of_core_and_refuses_bad_input(tmp_path, capsys):
+    from slimllm.cli import main
+
+    assert main(["convert", str(tmp_path / "missing.gguf"), "--output", str(tmp_path / "out")]) == 2
+    assert "missing.gguf is not a .gguf file" in capsys.readouterr().err
+    gguf = io._builtin_gguf("smollm2-135m")
+    (tmp_path / "taken").mkdir()
+    assert main(["convert", str(gguf), "--output", str(tmp_path / "taken")]) == 2
+    assert "exists (pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", str(gguf), "--output", str(tmp_path / "smollm2"), "--dtype", "bfloat16"]) == 0
+    stored = TensorFiles.of_folder(tmp_path / "smollm2")
+    assert {stored.read([name])[name].dtype for name in stored.names[:3]} == {torch.bfloat16}
+    model, _ = io.load(tmp_path / "smollm2", on_disk=True)  # weights left on disk: it prunes out of core
+    assert {p.device.type for p in model.model.layers.parameters()} == {"meta"}
+    assert not list(tmp_path.glob(".smollm2.tmp-*"))  # written through a temporary folder, renamed when complete

@@ -8,7 +8,7 @@ import sys
 
 # Each module in slimllm.commands provides ``register(subparsers)``, which adds its parser and
 # sets ``run`` (args -> exit code) as the default. Modules import heavy libraries lazily.
-COMMANDS = ("prune", "eval", "finetune", "distill", "bench", "export")
+COMMANDS = ("prune", "eval", "finetune", "distill", "bench", "export", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,7 +217,8 @@ def load(
     if on_disk and not (text in BUILTIN_MODELS or (Path(text).is_dir() and not text.endswith(".gguf"))):
         raise ModelSourceError(
             f"{text}: weights can stay on disk only for a built-in model or a local safetensors folder "
-            "(convert a .gguf or hub model to a folder first, or load it in memory)"
+            "(convert a .gguf file first, one tensor at a time: slimllm convert FILE.gguf --output FOLDER; "
+            "save a hub model to a folder; or load it in memory)"
         )
     if text in BUILTIN_MODELS:
         folder = _materialise_builtin(text)
