@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def main() -> None:
         from slimllm.io import _qwen_coder_gguf
 
         cache = work / "fresh-cache"
+        shutil.rmtree(cache / QWEN, ignore_errors=True)  # a folder left by an earlier run would be reused
         (cache / "gguf").mkdir(parents=True, exist_ok=True)
         link = cache / "gguf" / _qwen_coder_gguf().name
         if not link.exists():
