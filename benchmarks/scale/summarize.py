@@ -28,8 +28,15 @@ def main(folder: Path) -> None:
             )
     if "conversion" in rows:
         row = rows["conversion"]
-        lines += ["", f"One-time conversion of the built-in (GGUF → safetensors in the cache): {row['wall_s']:.0f} s, "
-                  f"peak {row['peak_rss_gib']:.2f} GiB."]  # fmt: skip
+        lines += ["", f"One-time conversion of the built-in (GGUF → safetensors in the cache, one tensor at a time): "
+                  f"{row['wall_s']:.0f} s, peak {row['peak_rss_gib']:.2f} GiB."]  # fmt: skip
+        if "conversion-whole-model" in rows:
+            old = rows["conversion-whole-model"]
+            lines[-1] += (f" Through transformers' whole-model GGUF load (before): {old['wall_s']:.0f} s, "
+                          f"peak {old['peak_rss_gib']:.2f} GiB.")  # fmt: skip
+        if "conversion-identical" in rows:
+            same = rows["conversion-identical"]
+            lines[-1] += f" The two folders: {same['tensors']} tensors, {len(same['differing'])} differ."
     if "qwen-20-identical" in rows:
         row = rows["qwen-20-identical"]
         lines += ["", f"Out of core vs in memory at 20%: {row['tensors']} tensors, {len(row['differing'])} differ."]
@@ -40,6 +47,22 @@ def main(folder: Path) -> None:
             ppl = rows[name]["ppl"]
             ratio = f"{ppl / dense:.2f}×" if dense else "–"
             lines.append(f"| {label} | {ppl:.2f} | {ratio} | first {rows[name]['windows']} of 128 tokens |")
+    dense256 = rows.get("ppl256-dense", {}).get("ppl")
+    labels = {"out-of-core": "slimllm default", "best": "`--preset best`", "flap": "FLAP (`--method flap`)"}
+    quality = [("ppl256-dense", "dense", None)] + [
+        (f"ppl256-{ratio}-{mode}", f"{label}, {ratio}% of the decoder", f"qwen-{ratio}-{mode}")
+        for ratio in ("20", "30") for mode, label in labels.items()
+    ]  # fmt: skip
+    if any(name in rows for name, _, _ in quality):
+        lines += ["", "| model (256 windows) | WikiText-2 PPL | × dense | prune wall | peak RSS |"]
+        lines += ["|---|---|---|---|---|"]
+        for name, label, prune in quality:
+            if name in rows:
+                ppl = rows[name]["ppl"]
+                ratio = f"{ppl / dense256:.2f}×" if dense256 else "–"
+                cost = rows.get(prune or "", {})
+                timing = f"{cost['wall_s']:.0f} s | {cost['peak_rss_gib']:.2f} GiB" if cost else "– | –"
+                lines.append(f"| {label} | {ppl:.2f} | {ratio} | {timing} |")
     if "processes-1" in rows and "processes-2" in rows:
         lines += [
             "",
