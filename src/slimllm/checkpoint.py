@@ -3,11 +3,14 @@
 - ``run.json``: what the run is (source, settings, a digest of the calibration windows, the
   model's config); a resumed run must be the same run.
 - ``cosines.json``: the dense layers' cosines (the pass before the allocation).
-- per finished layer ``i``: ``layer-i.safetensors`` (its pruned weights, :func:`slimllm.offload.spill`)
-  and then ``layer-i.record.safetensors``: its plan entry, its report row, the running surplus of
-  the parameter budget and the hidden states it passes to layer ``i + 1`` (and the dense
-  model's, for a recovery that runs it alongside). The record is written last, through a
-  temporary name, so a layer counts as finished only once everything about it is on disk.
+- per finished layer ``i``: ``layer-i.safetensors`` (its pruned weights, :func:`slimllm.offload.spill`),
+  ``layer-i.hidden.safetensors`` (the hidden states it passes to layer ``i + 1``, and the dense
+  model's for a recovery that runs it alongside) and then ``layer-i.record.safetensors``: its plan
+  entry, its report row and the running surplus of the parameter budget. The record is written
+  last, through a temporary name, so a layer counts as finished only once everything about it is
+  on disk. Only the last finished layer's hidden states are kept: the layer before's go once the
+  record is written (with 128 x 512 calibration windows they are 0.4 GB per layer of a 1.5B model,
+  2 GB of a 70B one).
 
 Resuming reads the cosines, recomputes the allocation (deterministic), skips the finished
 layers and continues from the recorded hidden states: the output equals an uninterrupted run's.
@@ -74,6 +77,9 @@ class PruneCheckpoint:
     def _record_file(self, index: int) -> Path:
         return self.folder / f"layer-{index:05d}.record.safetensors"
 
+    def _hidden_file(self, index: int) -> Path:
+        return self.folder / f"layer-{index:05d}.hidden.safetensors"
+
     def finished_layers(self, num_layers: int) -> int:
         """How many layers, from the first, are finished."""
         count = 0
@@ -89,9 +95,12 @@ class PruneCheckpoint:
         outputs: list[LayerBatch],
         dense_inputs: list[LayerBatch] | None,
     ) -> None:
-        tensors = {f"output.{b}": batch.hidden.detach().cpu().contiguous() for b, batch in enumerate(outputs)}
+        hidden = {f"output.{b}": batch.hidden.detach().cpu().contiguous() for b, batch in enumerate(outputs)}
         for b, batch in enumerate(dense_inputs or []):
-            tensors[f"dense_input.{b}"] = batch.hidden.detach().cpu().contiguous()
+            hidden[f"dense_input.{b}"] = batch.hidden.detach().cpu().contiguous()
+        _save_atomic(hidden, self._hidden_file(record.index))
+        del hidden
+        tensors = {}
         for part, recovery in (("attn", record.attn_recovery), ("mlp", record.mlp_recovery)):
             if recovery is not None:
                 for name in ("scale", "bias", "weight"):
@@ -105,17 +114,21 @@ class PruneCheckpoint:
             "batches": str(len(outputs)),
             "dense_batches": str(len(dense_inputs or [])),
         }
-        path = self._record_file(record.index)
-        temporary = path.with_suffix(".tmp")
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
+        _save_atomic(tensors, self._record_file(record.index), metadata)
+        if record.index > 0:  # resuming needs only the last finished layer's hidden states
+            self._hidden_file(record.index - 1).unlink(missing_ok=True)
 
     def load_layer(self, index: int) -> tuple[LayerPlan, dict, float, list[torch.Tensor], list[torch.Tensor]]:
         """The record of finished layer ``index``: plan entry, report row, surplus after it, the
-        hidden states it passed on, and the dense model's (empty unless recorded)."""
+        hidden states it passed on, and the dense model's (both empty for a layer before the last
+        finished one, whose hidden states are not kept)."""
         with safe_open(str(self._record_file(index)), framework="pt") as handle:
             metadata = handle.metadata()
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        hidden_file = self._hidden_file(index)
+        if hidden_file.is_file():
+            with safe_open(str(hidden_file), framework="pt") as handle:
+                tensors.update({name: handle.get_tensor(name) for name in handle.keys()})  # noqa: SIM118
         plan, fits = json.loads(metadata["plan"]), json.loads(metadata["fits"])
         recoveries = {}
         for part in ("attn", "mlp"):
@@ -124,9 +137,18 @@ class PruneCheckpoint:
                     tensors[f"{part}.scale"], tensors[f"{part}.bias"], tensors.get(f"{part}.weight"), fits[part]
                 )
         record = LayerPlan(**plan, attn_recovery=recoveries.get("attn"), mlp_recovery=recoveries.get("mlp"))
-        outputs = [tensors[f"output.{b}"] for b in range(int(metadata["batches"]))]
-        dense = [tensors[f"dense_input.{b}"] for b in range(int(metadata["dense_batches"]))]
+
+        def kept(prefix: str, count: str) -> list[torch.Tensor]:
+            return [tensors[f"{prefix}.{b}"] for b in range(int(metadata[count])) if f"{prefix}.{b}" in tensors]
+
+        outputs, dense = kept("output", "batches"), kept("dense_input", "dense_batches")
         return record, json.loads(metadata["row"]), float.fromhex(metadata["surplus"]), outputs, dense
+
+
+def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
 
 
 def _fit(recovery: Recovery | None) -> str | None:

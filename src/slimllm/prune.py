@@ -260,6 +260,10 @@ def _restore_finished(
             apply_layer_plan(adapter, layer, record)
             offload.attach(layer, offload.TensorFiles.of_files([path]), names[id(layer)] + ".")
     kwargs = [batch.layer_kwargs for batch in layer0_inputs]
+    if len(outputs) != len(kwargs):
+        raise ConfigError(
+            f"--resume: {checkpoint.folder} lacks the hidden states of layer {finished - 1}; run without --resume"
+        )
     pruner.surplus = surplus
     if dense:
         pruner.dense_inputs = [LayerBatch(h.to(device), k) for h, k in zip(dense, kwargs, strict=True)]
