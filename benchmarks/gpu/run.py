@@ -64,10 +64,10 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from device import benchmark_device
 
-    device = "cpu" if args.dry_run else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("benchmarks/gpu/run.py: no CUDA device here (use --dry-run to check the script)", file=sys.stderr)
+    device = benchmark_device(args.dry_run, "benchmarks/gpu/run.py")
+    if device is None:
         return 2
     sizes = {"nsamples": 4, "seqlen": 32} if args.dry_run else {"nsamples": 32, "seqlen": 128}
     ppl_limit = 4 if args.dry_run else args.ppl_limit

@@ -134,10 +134,10 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from device import benchmark_device
 
-    device = "cpu" if args.dry_run else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("benchmarks/gpu/scale.py: no CUDA device here (use --dry-run to check the script)", file=sys.stderr)
+    device = benchmark_device(args.dry_run, "benchmarks/gpu/scale.py")
+    if device is None:
         return 2
     shapes = ["tiny"] if args.dry_run else args.shapes.split(",")
     if args.runs and args.dry_run:
