@@ -51,6 +51,7 @@ def gguf_to_folder(gguf_path: str | Path, folder: str | Path, dtype: torch.dtype
     names = get_gguf_hf_weights_map(skeleton, processor)
     wanted = set(skeleton.state_dict())
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    architecture_class = type(skeleton).__name__
     del skeleton
 
     shards: list[list[str]] = []
@@ -99,7 +100,7 @@ def gguf_to_folder(gguf_path: str | Path, folder: str | Path, dtype: torch.dtype
         raise ValueError(f"{gguf_path}: no tensors for {sorted(missing)[:5]} ({len(missing)} in all)")
     index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    config.architectures = [architecture_class]
     config.save_pretrained(folder)
     GenerationConfig.from_model_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(folder)
@@ -110,10 +111,11 @@ def _drop_pages(reader, tensor) -> None:
     whole conversion, and pages once read would otherwise count towards the process's memory
     until the end (the whole file, for a large model)."""
     handle = getattr(reader.data, "_mmap", None)
-    if handle is None or not hasattr(handle, "madvise"):
+    advice = getattr(mmap, "MADV_DONTNEED", None)  # not on every platform
+    if handle is None or advice is None or not hasattr(handle, "madvise"):
         return
     start = tensor.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
-    handle.madvise(mmap.MADV_DONTNEED, start, tensor.data_offset + tensor.n_bytes - start)
+    handle.madvise(advice, start, tensor.data_offset + tensor.n_bytes - start)
 
 
 def _dequantize(tensor, dequantize) -> np.ndarray:

@@ -32,9 +32,6 @@ def run(args) -> int:
     if gguf.suffix != ".gguf" or not gguf.is_file():
         print(f"slimllm convert: {gguf} is not a .gguf file", file=sys.stderr)
         return 2
-    if output.exists() and not args.overwrite:
-        print(f"slimllm convert: output folder {output} exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 2
     from slimllm.gguf_folder import gguf_to_folder
 
     start = time.perf_counter()

@@ -8,7 +8,7 @@ import sys
 import time
 
 
-def register(subparsers) -> None:
+def register(subparsers) -> argparse.ArgumentParser:
     from slimllm.config import PRESETS, PruneConfig
     from slimllm.io import BUILTIN_MODELS
     from slimllm.methods import RECOVERIES, REGISTRY, allocation_help, method_help, recovery_help
@@ -50,6 +50,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
+    return p
 
 
 def options_markdown() -> str:
@@ -57,9 +58,7 @@ def options_markdown() -> str:
     from slimllm.methods import ALLOCATION_SPECS, RECOVERIES, REGISTRY, available_methods, option_readers
     from slimllm.options import markdown_table
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    prune = parser._subparsers._group_actions[0].choices["prune"]
+    prune = register(argparse.ArgumentParser().add_subparsers())
     plugins = ["| plug-in | name | what it is |", "|---|---|---|"]
     rows = [("method (`--method NAME`)", name, REGISTRY[name].summary) for name in available_methods()]
     rows += [("allocation (`--method NAME@ALLOCATION`)", spec.name, spec.summary) for spec in ALLOCATION_SPECS.values()]
