@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from slimllm import offload
-from slimllm.modeling import is_pruned_config, legacy_family, pruned_classes
+from slimllm.modeling import PRUNED_CLASSES, is_pruned_config, legacy_family, pruned_classes
 from slimllm.modeling import modeling_slimllm as _modeling_module
 from slimllm.models.base import copy_buffers
 from slimllm.plan import PrunePlan
@@ -382,10 +382,41 @@ def _save_from_disk(model, folder: Path) -> None:
         model.generation_config.save_pretrained(folder)
 
 
+def _index_single_shard(folder: Path) -> None:
+    """Write the shard index ``save_pretrained`` leaves out for a one-file model.
+
+    The folder also holds the plan's ``slimllm_recovery.safetensors``; engines that load every
+    ``*.safetensors`` of a folder without an index (vLLM) would read it as model weights.
+    """
+    shard = folder / "model.safetensors"
+    if (folder / offload.SAFE_INDEX).exists() or not shard.exists():
+        return
+    with shard.open("rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    header.pop("__metadata__", None)
+    total = sum(end - start for start, end in (entry["data_offsets"] for entry in header.values()))
+    index = {"metadata": {"total_size": total}, "weight_map": dict.fromkeys(sorted(header), shard.name)}
+    (folder / offload.SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def pruned_auto_map(config) -> dict[str, str]:
+    """``config.json``'s ``auto_map``: the classes of the modeling file copied beside the weights.
+
+    ``AutoModel`` (the decoder without its head) is what vLLM's Transformers backend builds.
+    """
+    module = MODELING_FILE[:-3]
+    config_class, model_class, base_class = PRUNED_CLASSES[config.model_type]
+    return {
+        "AutoConfig": f"{module}.{config_class.__name__}",
+        "AutoModel": f"{module}.{base_class.__name__}",
+        "AutoModelForCausalLM": f"{module}.{model_class.__name__}",
+    }
 
 
 def save(
@@ -410,15 +441,13 @@ def save(
         raise TypeError("slimllm.save expects a model returned by slimllm.prune (a pruned-model class)")
     output = Path(output)
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        model.config.auto_map = {
-            "AutoConfig": f"{MODELING_FILE[:-3]}.{type(model.config).__name__}",
-            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{type(model).__name__}",
-        }
+        model.config.auto_map = pruned_auto_map(model.config)
         model.config.architectures = [type(model).__name__]
         if offload.has_disk_modules(model):
             _save_from_disk(model, tmp)
         else:
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        _index_single_shard(tmp)
         shutil.copyfile(_modeling_module.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

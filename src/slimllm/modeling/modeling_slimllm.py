@@ -198,8 +198,9 @@ def legacy_family(values: dict) -> str | None:
     return "llama"
 
 
-def _build_pruned_layers(model: nn.Module, layer_class: type) -> None:
-    config = model.config
+def _build_pruned_layers(decoder: nn.Module, layer_class: type) -> None:
+    """Replace the stock decoder's layers named in ``config.layer_shapes`` by layers of those shapes."""
+    config = decoder.config
     family = legacy_family({"model_type": config.model_type, **vars(config)})
     if family not in (None, "llama"):
         raise ValueError(
@@ -209,7 +210,7 @@ def _build_pruned_layers(model: nn.Module, layer_class: type) -> None:
     shapes = config.layer_shapes or []
     if len(shapes) not in (0, config.num_hidden_layers):
         raise ValueError(f"layer_shapes has {len(shapes)} entries for {config.num_hidden_layers} layers")
-    layers = model.model.layers
+    layers = decoder.layers
     for index, shape in enumerate(shapes):
         if shape is None:
             continue
@@ -221,11 +222,16 @@ def _build_pruned_layers(model: nn.Module, layer_class: type) -> None:
         layers[index] = layer
 
 
-def _define(family: str) -> tuple[type, type]:
-    """The config and causal-LM classes of the pruned models of one family."""
+def _define(family: str) -> tuple[type, type, type]:
+    """The config, causal-LM and base-model classes of the pruned models of one family.
+
+    The base model (``AutoModel``) is what serving engines that build on transformers' modules
+    instantiate (vLLM's Transformers backend); the causal LM is what ``from_pretrained`` loads.
+    """
     module_name, config_name, model_name, layer_name = FAMILIES[family]
     module = importlib.import_module(f"transformers.models.{module_name}")
     stock_config, stock_model = getattr(module, config_name), getattr(module, model_name)
+    stock_base = getattr(module, model_name[: -len("ForCausalLM")] + "Model")
     modeling = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
     layer_class = getattr(modeling, layer_name)
     prefix = model_name[: -len("ForCausalLM")]
@@ -244,8 +250,24 @@ def _define(family: str) -> tuple[type, type]:
 
     def __init__(self, config):
         stock_model.__init__(self, config)
+        _build_pruned_layers(self.model, layer_class)
+        self.post_init()
+
+    def base_init(self, config):
+        stock_base.__init__(self, config)
         _build_pruned_layers(self, layer_class)
         self.post_init()
+
+    base_class = type(
+        f"Slim{prefix}Model",
+        (stock_base,),
+        {
+            "__module__": __name__,
+            "__doc__": f"{stock_base.__name__} whose decoder layers each have their own heads and FFN width.",
+            "__init__": base_init,
+            "config_class": config_class,
+        },
+    )
 
     model_class = type(
         f"Slim{prefix}ForCausalLM",
@@ -257,13 +279,13 @@ def _define(family: str) -> tuple[type, type]:
             "config_class": config_class,
         },
     )
-    return config_class, model_class
+    return config_class, model_class, base_class
 
 
-# slimllm model_type -> (config class, causal-LM class); ``auto_map`` in saved folders names them.
+# slimllm model_type -> (config, causal-LM, base-model class); ``auto_map`` in saved folders names them.
 PRUNED_CLASSES = {MODEL_TYPE_PREFIX + family: _define(family) for family in FAMILIES}
-globals().update({cls.__name__: cls for pair in PRUNED_CLASSES.values() for cls in pair})
-SlimLlamaConfig, SlimLlamaForCausalLM = PRUNED_CLASSES[MODEL_TYPE_PREFIX + "llama"]
+globals().update({cls.__name__: cls for classes in PRUNED_CLASSES.values() for cls in classes})
+SlimLlamaConfig, SlimLlamaForCausalLM, SlimLlamaModel = PRUNED_CLASSES[MODEL_TYPE_PREFIX + "llama"]
 
 __all__ = [
     "FAMILIES",
@@ -271,6 +293,7 @@ __all__ = [
     "LayerConfig",
     "SlimLlamaConfig",
     "SlimLlamaForCausalLM",
+    "SlimLlamaModel",
     "configure_layer",
     "layer_query_to_kv",
     "layer_shape_record",

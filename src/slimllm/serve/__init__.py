@@ -1,0 +1,1 @@
+"""Serving pruned models in inference engines (vLLM)."""
