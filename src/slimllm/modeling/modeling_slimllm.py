@@ -38,16 +38,16 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 MODEL_TYPE_PREFIX = "slimllm_"
 UNEVEN_GQA = "slimllm_uneven_gqa"
 
-# family model_type -> (transformers.models module, config class, causal-LM class, decoder-layer class)
+# family model_type -> (transformers.models module, config, causal LM, base model, decoder layer)
 FAMILIES = {
-    "llama": ("llama", "LlamaConfig", "LlamaForCausalLM", "LlamaDecoderLayer"),
-    "mistral": ("mistral", "MistralConfig", "MistralForCausalLM", "MistralDecoderLayer"),
-    "qwen2": ("qwen2", "Qwen2Config", "Qwen2ForCausalLM", "Qwen2DecoderLayer"),
-    "qwen3": ("qwen3", "Qwen3Config", "Qwen3ForCausalLM", "Qwen3DecoderLayer"),
-    "gemma2": ("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "Gemma2DecoderLayer"),
-    "gemma3_text": ("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "Gemma3DecoderLayer"),
-    "phi3": ("phi3", "Phi3Config", "Phi3ForCausalLM", "Phi3DecoderLayer"),
-    "olmo2": ("olmo2", "Olmo2Config", "Olmo2ForCausalLM", "Olmo2DecoderLayer"),
+    "llama": ("llama", "LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer"),
+    "mistral": ("mistral", "MistralConfig", "MistralForCausalLM", "MistralModel", "MistralDecoderLayer"),
+    "qwen2": ("qwen2", "Qwen2Config", "Qwen2ForCausalLM", "Qwen2Model", "Qwen2DecoderLayer"),
+    "qwen3": ("qwen3", "Qwen3Config", "Qwen3ForCausalLM", "Qwen3Model", "Qwen3DecoderLayer"),
+    "gemma2": ("gemma2", "Gemma2Config", "Gemma2ForCausalLM", "Gemma2Model", "Gemma2DecoderLayer"),
+    "gemma3_text": ("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "Gemma3TextModel", "Gemma3DecoderLayer"),
+    "phi3": ("phi3", "Phi3Config", "Phi3ForCausalLM", "Phi3Model", "Phi3DecoderLayer"),
+    "olmo2": ("olmo2", "Olmo2Config", "Olmo2ForCausalLM", "Olmo2Model", "Olmo2DecoderLayer"),
 }
 
 
@@ -228,10 +228,10 @@ def _define(family: str) -> tuple[type, type, type]:
     The base model (``AutoModel``) is what serving engines that build on transformers' modules
     instantiate (vLLM's Transformers backend); the causal LM is what ``from_pretrained`` loads.
     """
-    module_name, config_name, model_name, layer_name = FAMILIES[family]
+    module_name, config_name, model_name, base_name, layer_name = FAMILIES[family]
     module = importlib.import_module(f"transformers.models.{module_name}")
     stock_config, stock_model = getattr(module, config_name), getattr(module, model_name)
-    stock_base = getattr(module, model_name[: -len("ForCausalLM")] + "Model")
+    stock_base = getattr(module, base_name)
     modeling = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
     layer_class = getattr(modeling, layer_name)
     prefix = model_name[: -len("ForCausalLM")]
@@ -259,7 +259,7 @@ def _define(family: str) -> tuple[type, type, type]:
         self.post_init()
 
     base_class = type(
-        f"Slim{prefix}Model",
+        f"Slim{base_name}",
         (stock_base,),
         {
             "__module__": __name__,
