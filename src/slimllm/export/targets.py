@@ -45,6 +45,11 @@ class HfOptions:
     ignore_sliding_window: bool = field(default=False, metadata={"help": _IGNORE_SLIDING_WINDOW})
 
 
+@dataclass
+class VllmOptions:
+    """No options: the folder keeps the pruned model's dtype and shapes."""
+
+
 @dataclass(frozen=True)
 class ExportTarget:
     name: str
@@ -131,5 +136,34 @@ register_target(
         HfOptions,
         _export_hf,
         _hf_lines,
+    )
+)
+
+
+# -- vllm ---------------------------------------------------------------------------------------
+def _export_vllm(folder, output, options: VllmOptions, overwrite: bool):
+    from slimllm.export.vllm import export_vllm
+
+    return export_vllm(folder, output, overwrite=overwrite)
+
+
+def _vllm_lines(report: dict) -> list[str]:
+    lines = [
+        f"wrote {report['output']}: serve it with `vllm serve {report['output']}` (slimllm installed beside vLLM)",
+        f"  heads per layer:    {report['heads']}",
+        f"  kv heads per layer: {report['kv_heads']}",
+        f"  FFN width per layer: {report['ffn_widths']}",
+        f"  parameters: {report['written_params']:,} written for {report['source_params']:,}",
+    ]
+    return lines + [f"  note: {note}" for note in report["notes"]]
+
+
+register_target(
+    ExportTarget(
+        "vllm",
+        "a pruned folder vLLM serves: uneven query->kv maps regrouped exactly (zero query heads, copied kv heads)",
+        VllmOptions,
+        _export_vllm,
+        _vllm_lines,
     )
 )
