@@ -9,27 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from slimllm.io import _legacy_config
-from slimllm.modeling import is_pruned_config, pruned_classes
+from slimllm.modeling import is_pruned_config
 from slimllm.models import UnsupportedModelError, adapter_for, family_of, supported_model_types
 from slimllm.surgery import slice_linear
-from tiny_models import FAMILIES, VOCAB, logits, tiny_llama
-
-UNEVEN = {"query_to_kv": [0, 1, 1], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True}
-EMPTY_KV = {"query_to_kv": [0, 0], "intermediate_size": 8, "o_proj_bias": False, "down_proj_bias": True}
-
-
-def pruned_random(family: str, shapes: list, seed: int = 0, **overrides):
-    """A randomly initialised pruned model of ``family`` with the given per-layer shapes."""
-    stock = FAMILIES[family](seed=seed, **overrides)
-    config_class, model_class = pruned_classes(family)
-    values = {k: v for k, v in stock.config.to_dict().items() if k not in ("model_type", "architectures")}
-    torch.manual_seed(seed)
-    model = model_class(config_class(**values, layer_shapes=shapes)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.normal_(0, 0.1)
-    return model
+from tiny_models import EMPTY_KV, FAMILIES, UNEVEN, VOCAB, logits, pruned_random, tiny_llama
 
 
 def test_conversion_is_exact_for_every_family(tiny_model):

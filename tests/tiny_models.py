@@ -24,6 +24,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from slimllm.modeling import pruned_classes
+
 VOCAB = 96
 TINY = dict(
     vocab_size=VOCAB,
@@ -143,3 +145,22 @@ def tiny_byte_llama(vocab_size: int = 257, seed: int = 0) -> LlamaForCausalLM:
         max_position_embeddings=4096,
     )
     return LlamaForCausalLM(config).eval()
+
+
+# Per-layer shape records (config.layer_shapes) for pruned_random: an uneven query->kv map, one kv head.
+UNEVEN = {"query_to_kv": [0, 1, 1], "intermediate_size": 24, "o_proj_bias": True, "down_proj_bias": True}
+EMPTY_KV = {"query_to_kv": [0, 0], "intermediate_size": 8, "o_proj_bias": False, "down_proj_bias": True}
+
+
+def pruned_random(family: str, shapes: list, seed: int = 0, **overrides):
+    """A randomly initialised pruned model of ``family`` with the given per-layer shapes."""
+    stock = FAMILIES[family](seed=seed, **overrides)
+    config_class, model_class = pruned_classes(family)
+    values = {k: v for k, v in stock.config.to_dict().items() if k not in ("model_type", "architectures")}
+    torch.manual_seed(seed)
+    model = model_class(config_class(**values, layer_shapes=shapes)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)
+    return model

@@ -79,26 +79,22 @@ def regularise_layer(adapter, layer: nn.Module) -> tuple[int, int] | None:
     return len(plan.query_src) - parts.num_heads, len(plan.kv_src) - parts.num_kv_heads
 
 
-def _saved_dtype(folder: Path) -> str | None:
-    values = json.loads((folder / "config.json").read_text())
-    dtype = values.get("dtype") or values.get("torch_dtype")
-    return dtype if dtype in ("float32", "bfloat16", "float16") else None
-
-
 def export_vllm(folder: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> VllmReport:
     """Write a copy of the pruned ``folder`` that vLLM serves (see the module docstring)."""
     from slimllm.io import load, save
-    from slimllm.modeling import is_pruned_config
+    from slimllm.modeling import MODEL_TYPE_PREFIX
     from slimllm.models import adapter_for
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ExportError(f"{folder} has no config.json: give a folder written by `slimllm prune`")
-    model, tokenizer = load(folder, dtype=_saved_dtype(folder))
-    if not is_pruned_config(model.config):
+    values = json.loads((folder / "config.json").read_text())
+    if not str(values.get("model_type", "")).startswith(MODEL_TYPE_PREFIX):
         raise ExportError(
             f"{folder} is not a pruned slimllm folder; a dense model serves in vLLM as it is (`vllm serve {folder}`)"
         )
+    dtype = values.get("dtype") or values.get("torch_dtype")
+    model, tokenizer = load(folder, dtype=dtype if dtype in ("float32", "bfloat16", "float16") else None)
     adapter = adapter_for(model.config)
     source_params = sum(p.numel() for p in model.parameters())
     rewritten, added_q, added_kv = [], 0, 0
