@@ -8,7 +8,7 @@ import torch
 
 import slimllm
 from slimllm.export import ExportError
-from slimllm.export.vllm import export_vllm
+from slimllm.export.vllm import export_vllm, tensor_parallel_sizes
 from slimllm.modeling import regular_group_size
 from slimllm.serve.vllm_plugin import IrregularHeadsError, irregular_layers, layer_configs
 from tiny_models import EMPTY_KV, FAMILIES, UNEVEN, VOCAB, byte_tokenizer, logits, pruned_random
@@ -83,3 +83,11 @@ def test_plugin_refuses_uneven_maps_and_ignores_dense_models():
     with pytest.raises(IrregularHeadsError, match=r"layers \[0, 3\].*slimllm export FOLDER --to vllm"):
         layer_configs(pruned_random("llama", SHAPES).config)
     assert layer_configs(pruned_random("llama", [None] * 4).config) is None
+
+
+def test_tensor_parallel_sizes_follow_vllm_splitting_rules():
+    # heads and FFN widths must divide; kv heads divide or are replicated (size a multiple of them)
+    assert tensor_parallel_sizes([8, 4], [2, 1], [64, 32]) == [1, 2, 4]
+    assert tensor_parallel_sizes([6, 4], [3, 2], [48, 40]) == [1]  # 3 kv heads split over 2: neither divides
+    assert tensor_parallel_sizes([9, 9], [3, 3], [1536, 1530]) == [1, 3]
+    assert tensor_parallel_sizes([8], [2], [43]) == [1]

@@ -38,6 +38,7 @@ class VllmReport:
     added_kv_heads: int
     source_params: int
     written_params: int
+    tensor_parallel_sizes: list[int]  # --tensor-parallel-size values that split every layer (up to 8)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -79,6 +80,17 @@ def regularise_layer(adapter, layer: nn.Module) -> tuple[int, int] | None:
     return len(plan.query_src) - parts.num_heads, len(plan.kv_src) - parts.num_kv_heads
 
 
+def tensor_parallel_sizes(heads: list[int], kv_heads: list[int], widths: list[int], largest: int = 8) -> list[int]:
+    """The tensor-parallel sizes vLLM can split every layer over: query heads and FFN width
+    divisible by the size, key/value heads divisible by it or dividing it (vLLM replicates them)."""
+    return [
+        size
+        for size in range(1, largest + 1)
+        if all(h % size == 0 and (kv % size == 0 or size % kv == 0) for h, kv in zip(heads, kv_heads, strict=True))
+        and all(width % size == 0 for width in widths)
+    ]
+
+
 def export_vllm(folder: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False) -> VllmReport:
     """Write a copy of the pruned ``folder`` that vLLM serves (see the module docstring)."""
     from slimllm.io import load, save
@@ -115,6 +127,9 @@ def export_vllm(folder: str | os.PathLike, output: str | os.PathLike, *, overwri
     save(model, tokenizer, None, output, overwrite=overwrite)
     layers = adapter.layers(model)
     attention = [adapter.attention(layer) for layer in layers]
+    heads = [parts.num_heads for parts in attention]
+    kv_heads = [parts.num_kv_heads for parts in attention]
+    widths = [adapter.mlp(layer).width for layer in layers]
     notes = []
     if rewritten:
         notes.append(
@@ -124,12 +139,13 @@ def export_vllm(folder: str | os.PathLike, output: str | os.PathLike, *, overwri
     return VllmReport(
         output=str(output),
         layers_rewritten=rewritten,
-        heads=[parts.num_heads for parts in attention],
-        kv_heads=[parts.num_kv_heads for parts in attention],
-        ffn_widths=[adapter.mlp(layer).width for layer in layers],
+        heads=heads,
+        kv_heads=kv_heads,
+        ffn_widths=widths,
         added_query_heads=added_q,
         added_kv_heads=added_kv,
         source_params=source_params,
         written_params=sum(p.numel() for p in model.parameters()),
+        tensor_parallel_sizes=tensor_parallel_sizes(heads, kv_heads, widths),
         notes=notes,
     )
