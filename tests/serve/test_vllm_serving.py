@@ -99,8 +99,18 @@ def smollm2_for_vllm(tmp_path_factory):
     """The bundled SmolLM2-135M pruned by 20% (slimllm's defaults), exported for vLLM."""
     root = tmp_path_factory.mktemp("smollm2")
     subprocess.run(
-        [sys.executable, "-m", "slimllm", "prune", "smollm2-135m", "--ratio", "0.2", "--quiet"]
-        + ["--output", str(root / "pruned")],
+        [
+            sys.executable,
+            "-m",
+            "slimllm",
+            "prune",
+            "smollm2-135m",
+            "--ratio",
+            "0.2",
+            "--quiet",
+            "--output",
+            root / "pruned",
+        ],
         check=True,
         timeout=1800,
     )
@@ -142,8 +152,10 @@ def test_vllm_serve_answers_concurrent_openai_requests(smollm2_for_vllm, tmp_pat
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        ["vllm", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-        + ["--max-model-len", "256", "--enforce-eager", "--served-model-name", "pruned"],
+        [
+            *("vllm", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"),
+            *("--max-model-len", "256", "--enforce-eager", "--served-model-name", "pruned"),
+        ],
         env=ENV,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -21,7 +21,9 @@ def main(folder: str, prompts: list[list[int]], max_tokens: int) -> None:
     results = [
         {
             "tokens": list(output.outputs[0].token_ids),
-            "prompt_logprobs": [entry[token].logprob for token, entry in zip(prompt[1:], output.prompt_logprobs[1:])],
+            "prompt_logprobs": [
+                entry[token].logprob for token, entry in zip(prompt[1:], output.prompt_logprobs[1:], strict=True)
+            ],
         }
         for prompt, output in zip(prompts, outputs, strict=True)
     ]
