@@ -29,7 +29,10 @@ OTHER_VALUE = {
     "search_steps": 2,
     "keep_lowest": 0.0,
     "round_to": 2,
+    "tensor_parallel": 2,
 }
+# settings an option needs beside it (shared fields, so no plug-in ownership changes)
+WITH = {"tensor_parallel": {"gqa": "group"}}
 
 
 def test_every_plug_in_option_has_a_test_value_and_every_field_an_owner():
@@ -50,7 +53,9 @@ def _owned(method: str, allocation: str) -> set[str]:
 def test_an_option_no_chosen_plug_in_reads_is_refused(method, allocation):
     owned = _owned(method, allocation)
     for name in SPECIFIC:
-        config = PruneConfig(ratio=0.2, method=f"{method}@{allocation}", **{name: OTHER_VALUE[name]})
+        config = PruneConfig(
+            ratio=0.2, method=f"{method}@{allocation}", **{name: OTHER_VALUE[name]}, **WITH.get(name, {})
+        )
         if name in owned:
             build_method(config)
         else:

@@ -87,10 +87,25 @@ def _round_channels(ratio: float, width: int, round_to: int) -> int:
     return rounded_channel_count(round(ratio * width), width, round_to)
 
 
-def _counts(ratio: float, costs: LayerCosts, round_to: int, only: str | None = None) -> tuple[int, int]:
+def _counts(
+    ratio: float, costs: LayerCosts, round_to: int, only: str | None = None, unit_multiple: int = 1
+) -> tuple[int, int]:
     units = min(costs.num_units - 1, max(0, round(ratio * costs.num_units))) if only != "ffn" else 0
+    if unit_multiple > 1 and units:  # keep a multiple of unit_multiple units, at least one multiple
+        keep = max(unit_multiple, unit_multiple * round((costs.num_units - units) / unit_multiple))
+        units = costs.num_units - keep
     channels = _round_channels(ratio, costs.width, round_to) if only != "attention" else 0
     return units, channels
+
+
+def check_tensor_parallel(costs: list[LayerCosts], size: int) -> None:
+    """Every layer of the dense model must split over ``size`` devices before anything is pruned."""
+    for index, cost in enumerate(costs):
+        if cost.num_units % size or cost.width % size:
+            raise AllocationError(
+                f"--tensor-parallel {size}: layer {index} has {cost.num_units} key/value groups and FFN width "
+                f"{cost.width}, not both multiples of {size}; this model cannot be split over {size} devices"
+            )
 
 
 def removed_params(costs: LayerCosts, units: int, channels: int, regression: bool) -> float:
@@ -114,14 +129,20 @@ def allocate(
     regression: bool = True,
     round_to: int = 1,
     only: str | None = None,
+    unit_multiple: int = 1,
 ) -> Allocation:
     """Per-layer ratios and head/channel counts whose rounded total removes ``ratio`` of all
     parameters (to within one channel's parameters where rounding allows).
 
     ``only="attention"`` or ``"ffn"`` prunes that part alone: a layer's ratio is then the share
     of its heads or of its channels removed, and the whole target comes from that part (to within
-    one head's parameters for the attention, whose units are coarse)."""
+    one head's parameters for the attention, whose units are coarse).
+
+    ``unit_multiple`` > 1 (tensor parallelism): every layer keeps a multiple of that many units
+    (key/value groups) and, with ``round_to`` a multiple of it, of FFN channels."""
     num_layers = len(costs)
+    if unit_multiple > 1:
+        check_tensor_parallel(costs, unit_multiple)
     if uniform:
         selected, alpha_used = list(range(num_layers)), 0.0
     else:
@@ -135,7 +156,7 @@ def allocate(
 
     def plan(r0: float) -> tuple[dict[int, float], dict[int, tuple[int, int]], float]:
         ratios = {i: min(max_layer_ratio, r0 * weights[i]) for i in selected}
-        counts = {i: _counts(ratios[i], costs[i], round_to, only) for i in selected}
+        counts = {i: _counts(ratios[i], costs[i], round_to, only, unit_multiple) for i in selected}
         removed = sum(removed_params(costs[i], *counts[i], regression) for i in selected)
         return ratios, counts, removed
 
@@ -235,10 +256,11 @@ def layer_costs(model, adapter, gqa: str) -> list[LayerCosts]:
     return costs
 
 
-def eq11_allocator(*, uniform: bool, adds_bias: bool, one_part: bool = True):
+def eq11_allocator(*, uniform: bool, adds_bias: bool, one_part: bool = True, splits: bool = True):
     """An ``allocator`` for a method: Eq. 11 (or one uniform ratio) solved for the target, counting
     the output biases only when the method's recovery adds them; ``one_part``: honour
-    ``config.only`` (not when the allocation is only a search's start)."""
+    ``config.only``, ``splits``: honour ``config.tensor_parallel`` (neither when the allocation is
+    only a search's start)."""
 
     def allocator(cosines, costs, ratio_base, config) -> Allocation:
         return allocate(
@@ -252,8 +274,9 @@ def eq11_allocator(*, uniform: bool, adds_bias: bool, one_part: bool = True):
             max_layer_ratio=config.max_layer_ratio,
             uniform=uniform,
             regression=adds_bias,
-            round_to=config.round_to,
+            round_to=math.lcm(config.round_to, config.tensor_parallel) if splits else config.round_to,
             only=config.only if one_part else None,
+            unit_multiple=config.tensor_parallel if splits else 1,
         )
 
     return allocator

@@ -102,6 +102,13 @@ class PruneConfig:
     )
     keep_lowest: float = field(default=0.01, metadata={"help": "spare the lowest FRACTION of channels (code quirk)"})
     round_to: int = field(default=1, metadata={"help": "keep FFN widths multiples of N"})
+    tensor_parallel: int = field(
+        default=1,
+        metadata={
+            "help": "keep every layer's heads, key/value heads and FFN width multiples of N, so vLLM's "
+            "--tensor-parallel-size N splits each layer (needs --gqa group)"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "calibration windows per forward pass"})
     device: str | None = field(
         default=None, metadata={"help": "compute device of the current layer (e.g. cuda); None: the model's"}
@@ -137,6 +144,13 @@ class PruneConfig:
             raise ConfigError(f"layers (L_p) must be at least 1, got {self.layers}")
         if self.round_to < 1:
             raise ConfigError(f"round_to must be at least 1, got {self.round_to}")
+        if self.tensor_parallel < 1:
+            raise ConfigError(f"tensor_parallel must be at least 1, got {self.tensor_parallel}")
+        if self.tensor_parallel > 1 and self.gqa != "group":
+            raise ConfigError(
+                "tensor_parallel needs gqa='group' (--gqa group): vLLM splits a layer's key/value heads over the "
+                "GPUs with the query heads each serves, so whole groups must go"
+            )
         if self.cache_gb < 0:
             raise ConfigError(f"cache_gb must be at least 0, got {self.cache_gb}")
         if self.threads is not None and self.threads < 1:

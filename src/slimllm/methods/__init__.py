@@ -37,8 +37,12 @@ class AllocationSpec:
 _EQ11 = ("layers", "alpha", "max_layer_ratio", "round_to")
 ALLOCATION_SPECS: Registry[AllocationSpec] = Registry("allocation")
 for _spec in (
-    AllocationSpec("uniform", "one ratio in every layer", ("max_layer_ratio", "round_to", "only")),
-    AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", (*_EQ11, "only")),
+    AllocationSpec("uniform", "one ratio in every layer", ("max_layer_ratio", "round_to", "only", "tensor_parallel")),
+    AllocationSpec(
+        "eq11",
+        "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)",
+        (*_EQ11, "only", "tensor_parallel"),
+    ),
     AllocationSpec("flap", "FLAP's adaptive structure: standardised scores compared across layers", ("round_to",)),
     AllocationSpec("search", "Eq. 11's counts refined by a KL search", (*_EQ11, "search_minutes", "search_steps")),
 ):
@@ -110,8 +114,13 @@ def build_method(config: PruneConfig) -> Method:
         allocator = flap.FlapAllocation(gqa=config.gqa, adds_bias=adds_bias)
         prepares.append(allocator.prepare)
     else:
-        one_part = "only" in ALLOCATION_SPECS[allocation].options
-        allocator = eq11_allocator(uniform=allocation == "uniform", adds_bias=adds_bias, one_part=one_part)
+        options = ALLOCATION_SPECS[allocation].options
+        allocator = eq11_allocator(
+            uniform=allocation == "uniform",
+            adds_bias=adds_bias,
+            one_part="only" in options,
+            splits="tensor_parallel" in options,
+        )
     return Method(
         name=config.method,
         heads=criteria.heads,
