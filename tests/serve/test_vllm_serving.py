@@ -39,9 +39,9 @@ REGULAR_SHAPES = [{**UNEVEN, "query_to_kv": [0, 0, 0, 1, 1, 1]}, None, EMPTY_KV,
 TINY_PROMPTS = [[5, 17, 33, 40, 2, 9, 71, 12], [60, 61, 62, 11]]
 
 
-def vllm_outputs(folder: Path, prompts: list[list[int]], max_tokens: int) -> list[dict]:
+def vllm_outputs(folder: Path, prompts: list[list[int]], max_tokens: int, tensor_parallel: int = 1) -> list[dict]:
     run = subprocess.run(
-        [sys.executable, str(DRIVER), str(folder), json.dumps(prompts), str(max_tokens)],
+        [sys.executable, str(DRIVER), str(folder), json.dumps(prompts), str(max_tokens), str(tensor_parallel)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -92,6 +92,20 @@ def test_vllm_serves_every_family_like_transformers(family, tmp_path):
         export_vllm(served, tmp_path / "vllm")
         served = tmp_path / "vllm"
     assert_same(vllm_outputs(served, TINY_PROMPTS, 8), transformers_outputs(model, TINY_PROMPTS, 8))
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two tensor-parallel workers need two CPU cores")
+def test_vllm_splits_a_tensor_parallel_prune_over_two_workers(tmp_path):
+    """``--tensor-parallel 2`` output served with vLLM's ``tensor_parallel_size=2`` (one core each)."""
+    from slimllm.config import PruneConfig
+
+    dense = FAMILIES["llama"](num_attention_heads=8, num_key_value_heads=4, intermediate_size=96, head_dim=32)
+    data = torch.randint(0, dense.config.vocab_size, (8, 24), generator=torch.Generator().manual_seed(5))
+    config = PruneConfig(ratio=0.3, nsamples=8, seqlen=24, gqa="group", tensor_parallel=2, layers=4)
+    model, _ = slimllm.prune(dense, None, config, data=data, progress=False)
+    slimllm.save(model, byte_tokenizer(), None, tmp_path / "pruned")
+    assert export_vllm(tmp_path / "pruned", tmp_path / "vllm").tensor_parallel_sizes[:2] == [1, 2]
+    assert_same(vllm_outputs(tmp_path / "vllm", TINY_PROMPTS, 8, 2), transformers_outputs(model, TINY_PROMPTS, 8))
 
 
 @pytest.fixture(scope="module")
