@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -68,6 +70,39 @@ def test_save_then_load_gives_the_same_logits_in_memory_and_on_disk(tmp_path):
     slimllm.save(on_disk, tokenizer, None, tmp_path / "q")
     again, _ = slimllm.load(tmp_path / "q")
     torch.testing.assert_close(logits(again, ids), logits(pruned, ids), rtol=0, atol=0)
+
+
+def test_a_one_file_folder_has_an_index_of_exactly_its_model_weights(tmp_path):
+    """Engines that read every *.safetensors of an unindexed folder (vLLM) must not take the plan's
+    recovery tensors for model weights: the index names model.safetensors' tensors and nothing else."""
+    from safetensors import safe_open
+
+    data = torch.randint(0, VOCAB, (12, 24), generator=torch.Generator().manual_seed(7))
+    config = slimllm.PruneConfig(ratio=0.3, nsamples=12, seqlen=24, batch_size=6)
+    pruned, plan = slimllm.prune(tiny_gemma3(), None, config, data=data, progress=False)
+    slimllm.save(pruned, None, plan, tmp_path / "p")
+    assert (tmp_path / "p" / "slimllm_recovery.safetensors").exists()
+    index = json.loads((tmp_path / "p" / "model.safetensors.index.json").read_text())
+    with safe_open(str(tmp_path / "p" / "model.safetensors"), "pt") as file:
+        names = set(file.keys())
+        size = sum(file.get_tensor(name).numel() * file.get_tensor(name).element_size() for name in names)
+    assert index["weight_map"] == dict.fromkeys(sorted(names), "model.safetensors")
+    assert index["metadata"]["total_size"] == size
+
+
+def test_the_saved_base_model_is_the_causal_lms_decoder(tmp_path):
+    """``AutoModel`` (what vLLM's Transformers backend builds) loads the pruned decoder itself."""
+    from transformers import AutoModel
+
+    data = torch.randint(0, VOCAB, (12, 24), generator=torch.Generator().manual_seed(7))
+    config = slimllm.PruneConfig(ratio=0.3, nsamples=12, seqlen=24, batch_size=6)
+    pruned, _ = slimllm.prune(tiny_gemma3(), None, config, data=data, progress=False)
+    slimllm.save(pruned, None, None, tmp_path / "p")
+    base = AutoModel.from_pretrained(tmp_path / "p").eval()
+    assert type(base).__name__ == "SlimGemma3TextModel"
+    with torch.no_grad():
+        expected = pruned.model(data[:2]).last_hidden_state
+        torch.testing.assert_close(base(data[:2]).last_hidden_state, expected, rtol=0, atol=0)
 
 
 def test_save_refuses_a_model_that_is_not_pruned(tmp_path):

@@ -12,6 +12,9 @@ attention through one registered attention function, ``slimllm_uneven_gqa``, tha
 query head's key/value head and hands over to the model's configured implementation (sdpa,
 eager, flash, ...). The KV cache keeps the layer's own key/value heads, never the copies.
 
+Each family also gets its base model with per-layer shapes (``SlimLlamaModel``, ...: the decoder
+without its head), the ``AutoModel`` that vLLM's Transformers backend builds.
+
 This file is self-contained on purpose: ``slimllm.save`` copies it next to the weights and points
 ``config.json``'s ``auto_map`` at it, so ``trust_remote_code=True`` loads a pruned model on a
 machine without slimllm. It may import only ``torch`` and ``transformers``.
