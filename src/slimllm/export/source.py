@@ -292,8 +292,9 @@ def regroup_cost(query_to_kv: list[int], group: int) -> int:
     return (copies * group - len(query_to_kv)) + (copies - len(counts))
 
 
-def best_regroup(query_to_kv: list[int]) -> Regrouped:
-    """The group size with the fewest extra parameters (ties: fewer query slots, then larger groups).
+def best_regroup(query_to_kv: list[int], *, fewest_kv: bool = False) -> Regrouped:
+    """The group size with the fewest extra parameters (ties: fewer query slots, or with
+    ``fewest_kv`` fewer key/value heads, i.e. a smaller KV cache; then larger groups).
     A regular map (equal consecutive groups) comes back unchanged at no cost."""
     if not query_to_kv:
         return Regrouped(1, [], [])
@@ -303,7 +304,7 @@ def best_regroup(query_to_kv: list[int]) -> Regrouped:
 
     def key(g: int) -> tuple[int, int, int]:
         copies = sum(math.ceil(s / g) for s in counts.values())
-        return (regroup_cost(query_to_kv, g), copies * g, -g)
+        return (regroup_cost(query_to_kv, g), copies if fewest_kv else copies * g, -g)
 
     group = min(range(1, max(counts.values()) + 1), key=key)
     return regroup(query_to_kv, group)

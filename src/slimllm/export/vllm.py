@@ -5,7 +5,8 @@ groups: query head ``i`` reads key/value head ``i // group``. A prune with ``--g
 maps like ``[0, 0, 1, 2, 2]``. This export rewrites each such layer exactly, as the GGUF export
 does: a key/value head serving ``s`` query heads is copied ``ceil(s / g)`` times, each copy gets
 ``g`` query slots, and an unfilled slot is a zero query head whose ``o_proj`` columns are zero (it
-contributes nothing). ``g`` is chosen per layer for the fewest added parameters
+contributes nothing). ``g`` is chosen per layer for the fewest added parameters and, among those,
+the fewest key/value heads, since the KV cache is what limits a server's concurrency
 (:func:`slimllm.export.source.best_regroup`); layers that are already regular are copied as they
 are. The result is a slimllm folder like the input (reloads with ``from_pretrained``, same
 logits), which vLLM serves through slimllm's plug-in (:mod:`slimllm.serve.vllm_plugin`).
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from slimllm.export.source import ExportError, best_regroup, gather_heads
+from slimllm.modeling import layer_query_to_kv, regular_group_size
 
 
 @dataclass
@@ -63,7 +65,7 @@ def regularise_layer(adapter, layer: nn.Module) -> tuple[int, int] | None:
     """Rewrite ``layer``'s attention with equal consecutive groups; ``None`` if it already has them,
     else ``(query heads added, key/value heads added)``."""
     parts = adapter.attention(layer)
-    plan = best_regroup(parts.query_to_kv)
+    plan = best_regroup(parts.query_to_kv, fewest_kv=True)
     if plan.query_src == list(range(parts.num_heads)) and plan.kv_src == list(range(parts.num_kv_heads)):
         return None
     hd = parts.head_dim
@@ -111,8 +113,7 @@ def export_vllm(folder: str | os.PathLike, output: str | os.PathLike, *, overwri
     source_params = sum(p.numel() for p in model.parameters())
     rewritten, added_q, added_kv = [], 0, 0
     for index, layer in enumerate(adapter.layers(model)):
-        parts = adapter.attention(layer)
-        if best_regroup(parts.query_to_kv).query_src != list(range(parts.num_heads)) and not adapter.heads_independent:
+        if regular_group_size(layer_query_to_kv(layer)) is None and not adapter.heads_independent:
             raise ExportError(
                 f"layer {index} of this {model.config.model_type} model gives its key/value heads uneven numbers of "
                 "query heads, and vLLM cannot run that exactly here: the family's q/k norms span every head, so a "
