@@ -155,7 +155,7 @@ def _vllm_lines(report: dict) -> list[str]:
         f"  FFN width per layer: {report['ffn_widths']}",
         f"  parameters: {report['written_params']:,} written for {report['source_params']:,}",
         f"  --tensor-parallel-size that splits every layer: {report['tensor_parallel_sizes']} (of 1-8; prune with "
-        "--gqa group --round-to N for more)",
+        "--gqa group --tensor-parallel N for more)",
     ]
     return lines + [f"  note: {note}" for note in report["notes"]]
 
