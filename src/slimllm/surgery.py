@@ -14,6 +14,16 @@ from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan, Recovery
 
 
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A frozen Linear holding ``weight`` (out x in) and ``bias`` as they are (no copy, nothing
+    allocated first)."""
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        new.bias = nn.Parameter(bias, requires_grad=False)
+    return new
+
+
 def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list[int] | None = None) -> nn.Linear:
     """A new Linear keeping output ``rows`` and input ``cols`` (all when None)."""
     weight = linear.weight.detach()
@@ -24,11 +34,7 @@ def slice_linear(linear: nn.Linear, *, rows: list[int] | None = None, cols: list
         bias = bias.index_select(0, index) if bias is not None else None
     if cols is not None:
         weight = weight.index_select(1, torch.tensor(cols, dtype=torch.long, device=weight.device))
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    new.weight = nn.Parameter(weight.clone(), requires_grad=False)
-    if bias is not None:
-        new.bias = nn.Parameter(bias.clone(), requires_grad=False)
-    return new
+    return linear_from(weight.clone(), bias.clone() if bias is not None else None)
 
 
 def fold_into_linear(linear: torch.nn.Linear, recovery: Recovery) -> torch.nn.Linear:
@@ -43,19 +49,13 @@ def fold_into_linear(linear: torch.nn.Linear, recovery: Recovery) -> torch.nn.Li
         if tuple(recovery.weight.shape) != tuple(linear.weight.shape):
             shapes = f"{tuple(recovery.weight.shape)} vs {tuple(linear.weight.shape)}"
             raise ValueError(f"the refitted weight does not fit the pruned projection: {shapes}")
-        refit = torch.nn.Linear(linear.in_features, linear.out_features, bias=True, device=device, dtype=dtype)
-        refit.weight = torch.nn.Parameter(recovery.weight.to(device=device, dtype=dtype), requires_grad=False)
-        refit.bias = torch.nn.Parameter(recovery.bias.to(device=device, dtype=dtype), requires_grad=False)
-        return refit
+        return linear_from(recovery.weight.to(device=device, dtype=dtype), recovery.bias.to(device=device, dtype=dtype))
     scale = recovery.scale.to(device=device, dtype=torch.float64)
     weight = (linear.weight.detach().to(torch.float64) * scale[:, None]).to(dtype)
     bias = recovery.bias.to(device=device, dtype=torch.float64)
     if linear.bias is not None:
         bias = bias + scale * linear.bias.detach().to(torch.float64)
-    folded = torch.nn.Linear(linear.in_features, linear.out_features, bias=True, device=device, dtype=dtype)
-    folded.weight = torch.nn.Parameter(weight, requires_grad=False)
-    folded.bias = torch.nn.Parameter(bias.to(dtype), requires_grad=False)
-    return folded
+    return linear_from(weight, bias.to(dtype))
 
 
 def head_rows(heads: list[int], head_dim: int) -> list[int]:

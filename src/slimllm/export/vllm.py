@@ -22,11 +22,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from slimllm.export.source import ExportError, best_regroup, gather_heads
 from slimllm.modeling import layer_query_to_kv, regular_group_size
+from slimllm.surgery import linear_from
 
 
 @dataclass
@@ -47,18 +47,10 @@ class VllmReport:
         return dict(self.__dict__)
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
-    return linear
-
-
 def _heads(linear: nn.Linear, sources: list[int | None], head_dim: int) -> nn.Linear:
     """``linear``'s output heads in the order ``sources`` (None: a zero head)."""
     bias = None if linear.bias is None else gather_heads(linear.bias.detach(), sources, head_dim)
-    return _linear(gather_heads(linear.weight.detach(), sources, head_dim), bias)
+    return linear_from(gather_heads(linear.weight.detach(), sources, head_dim), bias)
 
 
 def regularise_layer(adapter, layer: nn.Module) -> tuple[int, int] | None:
@@ -76,7 +68,7 @@ def regularise_layer(adapter, layer: nn.Module) -> tuple[int, int] | None:
         q_proj=_heads(parts.q_proj, plan.query_src, hd),
         k_proj=_heads(parts.k_proj, plan.kv_src, hd),
         v_proj=_heads(parts.v_proj, plan.kv_src, hd),
-        o_proj=_linear(o_weight, o_bias),
+        o_proj=linear_from(o_weight, o_bias),
         query_to_kv=[slot // plan.group for slot in range(len(plan.query_src))],
     )
     return len(plan.query_src) - parts.num_heads, len(plan.kv_src) - parts.num_kv_heads
