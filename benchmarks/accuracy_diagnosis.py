@@ -208,7 +208,7 @@ def main() -> int:
     record("dense", lambda: dense)
     pruned_default = None
     for name, overrides in PRUNED.items():
-        config = slimllm.PruneConfig(ratio=args.ratio, seed=args.calibration_seed, **overrides)
+        config = slimllm.PruneConfig.from_dict({"ratio": args.ratio, "seed": args.calibration_seed, **overrides})
 
         def build(config=config):
             model, _ = slimllm.prune(dense, tokenizer, config)

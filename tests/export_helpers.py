@@ -21,7 +21,7 @@ def pruned_folder(
     folder: Path, family: str = "llama", *, gqa: str = "query", ratio: float = 0.3, init: float = 0.1, **prune
 ) -> Path:
     """Prune a tiny random model of ``family`` and save it (no tokenizer) to ``folder``."""
-    config = slimllm.PruneConfig(ratio=ratio, gqa=gqa, nsamples=12, seqlen=24, batch_size=5, **prune)
+    config = slimllm.PruneConfig.from_dict(dict(ratio=ratio, gqa=gqa, nsamples=12, seqlen=24, batch_size=5, **prune))
     model = FAMILY_MODELS[family](initializer_range=init)
     pruned, plan = slimllm.prune(model, None, config, data=calibration(), progress=False)
     slimllm.save(pruned, None, plan, folder)

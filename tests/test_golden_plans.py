@@ -36,7 +36,7 @@ CASES = [("llama", name) for name in SETTINGS] + [("qwen2", "slimllm"), ("qwen2"
 def fingerprint(model_name: str, name: str) -> dict:
     data = torch.randint(0, VOCAB, (12, 24), generator=torch.Generator().manual_seed(7))
     settings = {"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, "gqa": "query", **SETTINGS[name]}
-    config = slimllm.PruneConfig(**settings)
+    config = slimllm.PruneConfig.from_dict(settings)
     pruned, plan = slimllm.prune(MODELS[model_name](), None, config, data=data, progress=False)
     layers = [
         {key: record[key] for key in ("kept_heads", "kept_kv_heads", "query_to_kv", "kept_channels")}

@@ -82,7 +82,7 @@ def test_out_of_core_prune_equals_in_memory_prune(family, tmp_path):
 )
 def test_out_of_core_equals_in_memory_for_other_methods(settings, tmp_path):
     source = _folder(FAMILIES["qwen2"](), tmp_path / "dense")
-    (memory, disk), _ = _prune_both(source, tmp_path, PruneConfig(ratio=0.3, **settings))
+    (memory, disk), _ = _prune_both(source, tmp_path, PruneConfig.from_dict({"ratio": 0.3, **settings}))
     _assert_same_model(memory, disk)
 
 
@@ -176,7 +176,7 @@ def test_an_interrupted_prune_resumes_to_the_uninterrupted_result(recovery, tmp_
     from slimllm.layer_pruner import LayerPruner
 
     source = _folder(FAMILIES["qwen2"](), tmp_path / "dense")
-    config = PruneConfig(ratio=0.3, recovery=recovery)
+    config = PruneConfig(ratio=0.3, options={"recovery": recovery})
     model, tokenizer = slimllm.load(source, on_disk=True)
     whole, whole_plan = slimllm.prune(model, tokenizer, config, _windows(), progress=False)
     slimllm.save(whole, tokenizer, whole_plan, tmp_path / "whole")

@@ -20,9 +20,13 @@ def test_prune_options_default_to_the_dataclass():
     assert config_from_args(args) == PruneConfig(ratio=0.3)
 
 
-def test_every_prune_setting_has_an_option():
+def test_every_prune_setting_and_plug_in_option_has_an_option():
+    from slimllm.methods import plug_in_options
+
     args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3"])
-    assert {item.name for item in fields(PruneConfig)} <= set(vars(args))
+    assert {item.name for item in fields(PruneConfig)} - {"options"} <= set(vars(args))
+    assert {item.name for item in plug_in_options()} <= set(vars(args))
+    assert "options" not in vars(args)  # plug-in options are flags of their own, not a dict on the command line
 
 
 @pytest.mark.parametrize(
@@ -41,7 +45,11 @@ def test_every_prune_setting_has_an_option():
 )
 def test_prune_flags_set_their_setting(flags, name, value):
     args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3", *flags])
-    assert getattr(config_from_args(args), name) == value
+    config = config_from_args(args)
+    if name in PruneConfig.__dataclass_fields__:
+        assert getattr(config, name) == value and config.options == {}
+    else:  # a plug-in option: in options, and only the options given are there
+        assert config.options == {name: value}
 
 
 def test_the_ratio_is_required_on_the_command_line(capsys):
@@ -54,7 +62,7 @@ def test_a_preset_fills_in_the_options_not_given():
     from slimllm.config import PRESETS
 
     args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3", "--preset", "best"])
-    assert config_from_args(args) == PruneConfig(ratio=0.3, **PRESETS["best"])
+    assert config_from_args(args) == PruneConfig.from_dict({"ratio": 0.3, **PRESETS["best"]})
     assert config_from_args(args) == PruneConfig.from_preset("best", ratio=0.3)
     assert config_from_args(args) != PruneConfig(ratio=0.3)
 
@@ -66,7 +74,7 @@ def test_an_option_given_overrides_the_preset_even_when_it_repeats_the_default(o
     tail = [*flags, *preset] if order == "before" else [*preset, *flags]
     args = _prune_parser().parse_args(["prune", "m", "--output", "o", "--ratio", "0.3", *tail])
     config = config_from_args(args)
-    assert config.recovery == "regression"
+    assert config.options["recovery"] == "regression"
     assert config.nsamples == PruneConfig.from_preset("best", ratio=0.3).nsamples != PruneConfig().nsamples
 
 

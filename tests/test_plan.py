@@ -94,7 +94,7 @@ def test_a_refitted_weight_is_named_in_the_saved_model_not_copied(tmp_path, on_d
     byte_tokenizer().save_pretrained(tmp_path / "dense")
     model, tokenizer = slimllm.load(tmp_path / "dense", on_disk=on_disk)
     data = torch.randint(0, 257, (12, 24), generator=torch.Generator().manual_seed(7))
-    config = slimllm.PruneConfig(ratio=0.3, nsamples=12, seqlen=24, batch_size=6, recovery="ridge-layer")
+    config = slimllm.PruneConfig(ratio=0.3, nsamples=12, seqlen=24, batch_size=6, options={"recovery": "ridge-layer"})
     pruned, plan = slimllm.prune(model, tokenizer, config, data=data, progress=False)
     refits = [rec for layer in plan.layers for _, rec in layer.recoveries() if rec is not None]
     assert refits and all(rec.weight_in_model for rec in refits)

@@ -15,13 +15,14 @@ from slimllm import PruneConfig
 from slimllm.config import ConfigError
 from slimllm.data.sources import DataSourceError, calibration_windows
 from slimllm.io import ModelSourceError, OutputExistsError
+from slimllm.methods import build_method
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.prune import count_parameters
 from tiny_models import FAMILIES, VOCAB, logits, tiny_llama
 
 
 def _config(**overrides):
-    return PruneConfig(**{"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, **overrides})
+    return PruneConfig.from_dict({"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, **overrides})
 
 
 class _RmsOverRows(torch.nn.Module):
@@ -289,10 +290,12 @@ def test_ratio_outside_open_interval_is_refused(ratio):
 
 
 def test_config_round_trips_through_json():
-    config = PruneConfig(ratio=0.5, gqa="group", greedy=False, layers=20, alpha=7.5)
+    config = PruneConfig(ratio=0.5, gqa="group", options={"greedy": False, "layers": 20, "alpha": 7.5})
     assert PruneConfig.from_json(config.to_json()) == config
-    with pytest.raises(ConfigError, match="unknown"):
-        PruneConfig.from_dict({"ratio": 0.2, "bogus": 1})
+    flat = PruneConfig.from_dict({"ratio": 0.5, "gqa": "group", "greedy": False, "layers": 20, "alpha": 7.5})
+    assert flat == config  # the flat form of records and presets: plug-in options go into options
+    with pytest.raises(ConfigError, match="unknown option 'bogus'"):
+        build_method(PruneConfig.from_dict({"ratio": 0.2, "bogus": 1}))
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from slimllm.allocation import LayerCosts, allocate, layer_costs
+from slimllm.allocation import LayerCosts, SearchOptions, allocate, layer_costs
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.layer_walk import capture_layer_inputs
 from slimllm.methods import build_method
@@ -110,7 +110,7 @@ def _smollm2_like_space(target_ratio=0.2) -> SearchSpace:
     cost = LayerCosts(9, 2 * dh * d, 1536, 3 * d, d, d)
     costs = [cost] * 30
     total = 134_515_008
-    return SearchSpace.build(costs, target_ratio * total, PruneConfig(ratio=target_ratio), adds_bias=True)
+    return SearchSpace.build(costs, target_ratio * total, SearchOptions(), adds_bias=True)
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5])
@@ -137,7 +137,7 @@ def test_every_candidate_meets_the_budget(ratio):
 def test_search_hits_the_target_as_the_eq11_solver_does(make, method):
     model, data = make(), _windows()
     dense = sum(p.numel() for p in model.parameters())
-    config = PruneConfig(ratio=0.3, batch_size=BATCH, method=method, search_steps=25)
+    config = PruneConfig(ratio=0.3, batch_size=BATCH, method=method, options={"search_steps": 25})
     slim, plan = prune(model, config=config, data=data, progress=False)
     report = plan.report
     allocation, search = report["allocation"], report["allocation"]["search"]
@@ -151,7 +151,7 @@ def test_search_hits_the_target_as_the_eq11_solver_does(make, method):
 
 
 def test_search_is_reproducible_with_a_fixed_number_of_steps():
-    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", search_steps=15)
+    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", options={"search_steps": 15})
     plans = [prune(tiny_llama(), config=config, data=_windows(), progress=False)[1] for _ in range(2)]
     assert plans[0].report["allocation"]["search"]["history"] == plans[1].report["allocation"]["search"]["history"]
     assert [layer.kept_channels for layer in plans[0].layers] == [layer.kept_channels for layer in plans[1].layers]
@@ -159,22 +159,22 @@ def test_search_is_reproducible_with_a_fixed_number_of_steps():
 
 
 def test_search_needs_held_out_batches():
-    config = PruneConfig(ratio=0.3, batch_size=16, method="slimllm@search", search_steps=2)
+    config = PruneConfig(ratio=0.3, batch_size=16, method="slimllm@search", options={"search_steps": 2})
     with pytest.raises(ConfigError, match="at least two"):
         prune(tiny_llama(), config=config, data=_windows(), progress=False)
 
 
 def test_search_settings_are_validated():
     with pytest.raises(ConfigError, match="search_minutes"):
-        PruneConfig(search_minutes=0)
+        build_method(PruneConfig(method="slimllm@search", options={"search_minutes": 0}))
     with pytest.raises(ConfigError, match="search_steps"):
-        PruneConfig(search_steps=0)
+        build_method(PruneConfig(method="slimllm@search", options={"search_steps": 0}))
 
 
 def test_forgetting_candidate_parts_changes_nothing_but_time(monkeypatch):
     import slimllm.search as search_module
 
-    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", search_steps=15)
+    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", options={"search_steps": 15})
     monkeypatch.setattr(search_module, "PART_MEMORY", 1000)
     kept = prune(tiny_llama(), config=config, data=_windows(), progress=False)[1].report["allocation"]["search"]
     monkeypatch.setattr(search_module, "PART_MEMORY", 0)
@@ -188,7 +188,7 @@ def test_candidates_use_the_regression_when_the_method_refits_by_ridge(recovery)
     from slimllm.methods.base import RegressionRecovery, RidgeRecovery
     from slimllm.search import candidate_method
 
-    ridge = build_method(PruneConfig(method="slimllm@search", recovery=recovery))
+    ridge = build_method(PruneConfig(method="slimllm@search", options={"recovery": recovery}))
     assert isinstance(ridge.recovery, RidgeRecovery) and ridge.recovery.name == recovery
     candidates = candidate_method(ridge)
     assert isinstance(candidates.recovery, RegressionRecovery) and candidates.adds_bias == ridge.adds_bias
@@ -196,7 +196,9 @@ def test_candidates_use_the_regression_when_the_method_refits_by_ridge(recovery)
     plain = build_method(PruneConfig(method="slimllm@search"))
     assert candidate_method(plain) is plain
     # the final model is still refitted by ridge: its report says which penalty each part chose
-    config = PruneConfig(ratio=0.3, batch_size=BATCH, method="slimllm@search", recovery=recovery, search_steps=5)
+    config = PruneConfig(
+        ratio=0.3, batch_size=BATCH, method="slimllm@search", options={"recovery": recovery, "search_steps": 5}
+    )
     _, plan = prune(tiny_llama(), config=config, data=_windows(), progress=False)
     fits = [
         row.get("mlp_fit") for row in plan.report["layers"] if row["channels"] < tiny_llama().config.intermediate_size

@@ -10,6 +10,7 @@ import slimllm
 from slimllm.allocation import AllocationError
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.export.vllm import export_vllm
+from slimllm.methods import build_method
 from slimllm.models import adapter_for
 from tiny_models import VOCAB, byte_tokenizer, tiny_llama
 
@@ -17,7 +18,7 @@ DATA = torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(
 
 
 def _prune(model, **settings):
-    config = PruneConfig(ratio=0.3, nsamples=8, seqlen=24, batch_size=4, gqa="group", **settings)
+    config = PruneConfig.from_dict(dict(ratio=0.3, nsamples=8, seqlen=24, batch_size=4, gqa="group", **settings))
     return slimllm.prune(model, None, config, data=DATA, progress=False)
 
 
@@ -55,4 +56,4 @@ def test_a_model_that_does_not_split_is_refused_before_pruning():
 
 def test_tensor_parallel_needs_whole_groups():
     with pytest.raises(ConfigError, match="tensor_parallel needs gqa='group'"):
-        PruneConfig(ratio=0.2, tensor_parallel=2)
+        build_method(PruneConfig(ratio=0.2, options={"tensor_parallel": 2}))

@@ -10,9 +10,11 @@ to close the last gap (a channel is the finest unit, far smaller than a head).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
+
+from slimllm.config import ConfigError
 
 # The paper's LLaMA-7B settings: (target, share of layers pruned, alpha).
 _PAPER_SETTINGS = ((0.2, 26 / 32, 10.0), (0.5, 30 / 32, 7.0))
@@ -36,6 +38,118 @@ def default_pruned_layers(ratio: float, num_layers: int) -> int:
 def default_alpha(ratio: float) -> float:
     """α: 10 at ≤20%, 7 at ≥50%, linear in between."""
     return _interpolate(ratio, 1)
+
+
+# -- the allocations' options (``--method NAME@ALLOCATION``), each field's default written once --
+PRUNED_PARTS = ("attention", "ffn")
+
+
+def _max_layer_ratio():
+    return field(default=0.9, metadata={"help": "cap on any layer's ratio"})
+
+
+def _round_to():
+    return field(default=1, metadata={"help": "keep FFN widths multiples of N"})
+
+
+def _layers():
+    return field(default=None, metadata={"help": "number of layers pruned, L_p; None: the paper's share", "type": int})
+
+
+def _alpha():
+    return field(
+        default=None, metadata={"help": "Eq. 11 temperature; None: the paper's (10 at 20%%, 7 at 50%%)", "type": float}
+    )
+
+
+def _check_common(options) -> None:
+    if not 0.0 < options.max_layer_ratio < 1.0:
+        raise ConfigError(f"max_layer_ratio must lie in (0, 1), got {options.max_layer_ratio}")
+    if options.round_to < 1:
+        raise ConfigError(f"round_to must be at least 1, got {options.round_to}")
+
+
+@dataclass(frozen=True)
+class UniformOptions:
+    """``@uniform``: one ratio in every layer."""
+
+    max_layer_ratio: float = _max_layer_ratio()
+    round_to: int = _round_to()
+    only: str | None = field(
+        default=None,
+        metadata={
+            "help": "prune only the attention heads or only the FFN channels, the whole target taken from "
+            "that part (with the Eq. 11 or uniform layer ratios); None: both",
+            "choices": PRUNED_PARTS,
+        },
+    )
+    tensor_parallel: int = field(
+        default=1,
+        metadata={
+            "help": "keep every layer's heads, key/value heads and FFN width multiples of N, so vLLM's "
+            "--tensor-parallel-size N splits each layer (needs --gqa group)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.only is not None and self.only not in PRUNED_PARTS:
+            raise ConfigError(f"only must be one of {PRUNED_PARTS} or None, got {self.only!r}")
+        if self.tensor_parallel < 1:
+            raise ConfigError(f"tensor_parallel must be at least 1, got {self.tensor_parallel}")
+
+
+@dataclass(frozen=True)
+class Eq11Options(UniformOptions):
+    """``@eq11`` (SlimLLM's): Eq. 11's ratios from the layers' cosines."""
+
+    layers: int | None = _layers()
+    alpha: float | None = _alpha()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_eq11(self)
+
+
+def _check_eq11(options) -> None:
+    if options.layers is not None and options.layers < 1:
+        raise ConfigError(f"layers (L_p) must be at least 1, got {options.layers}")
+
+
+@dataclass(frozen=True)
+class FlapAllocationOptions:
+    """``@flap``: FLAP's adaptive structure (its threshold leaves no other knob)."""
+
+    round_to: int = _round_to()
+
+    def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be at least 1, got {self.round_to}")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """``@search``: Eq. 11's counts refined by a KL search (:mod:`slimllm.search`)."""
+
+    max_layer_ratio: float = _max_layer_ratio()
+    round_to: int = _round_to()
+    layers: int | None = _layers()
+    alpha: float | None = _alpha()
+    search_minutes: float = field(
+        default=5.0, metadata={"help": "time budget of the allocation search (NAME@search), in minutes"}
+    )
+    search_steps: int | None = field(
+        default=None,
+        metadata={"help": "stop the allocation search after N candidates (None: at the time budget)", "type": int},
+    )
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        _check_eq11(self)
+        if not self.search_minutes > 0:
+            raise ConfigError(f"search_minutes must be positive, got {self.search_minutes}")
+        if self.search_steps is not None and self.search_steps < 1:
+            raise ConfigError(f"search_steps must be at least 1, got {self.search_steps}")
 
 
 @dataclass(frozen=True)
@@ -256,11 +370,12 @@ def layer_costs(model, adapter, gqa: str) -> list[LayerCosts]:
     return costs
 
 
-def eq11_allocator(*, uniform: bool, adds_bias: bool, one_part: bool = True, splits: bool = True):
+def eq11_allocator(options: UniformOptions | SearchOptions, *, uniform: bool, adds_bias: bool):
     """An ``allocator`` for a method: Eq. 11 (or one uniform ratio) solved for the target, counting
-    the output biases only when the method's recovery adds them; ``one_part``: honour
-    ``config.only``, ``splits``: honour ``config.tensor_parallel`` (neither when the allocation is
-    only a search's start)."""
+    the output biases only when the method's recovery adds them. ``options`` are the allocation's:
+    ``only`` and ``tensor_parallel`` where it has them (a search's start has neither)."""
+    only = getattr(options, "only", None)
+    tensor_parallel = getattr(options, "tensor_parallel", 1)
 
     def allocator(cosines, costs, ratio_base, config) -> Allocation:
         return allocate(
@@ -269,14 +384,14 @@ def eq11_allocator(*, uniform: bool, adds_bias: bool, one_part: bool = True, spl
             ratio_base,
             ratio=config.ratio,
             # one ratio everywhere: which layers and how peaked are Eq. 11's alone
-            pruned_layers=None if uniform else config.layers,
-            alpha=None if uniform else config.alpha,
-            max_layer_ratio=config.max_layer_ratio,
+            pruned_layers=None if uniform else options.layers,
+            alpha=None if uniform else options.alpha,
+            max_layer_ratio=options.max_layer_ratio,
             uniform=uniform,
             regression=adds_bias,
-            round_to=math.lcm(config.round_to, config.tensor_parallel) if splits else config.round_to,
-            only=config.only if one_part else None,
-            unit_multiple=config.tensor_parallel if splits else 1,
+            round_to=math.lcm(options.round_to, tensor_parallel),
+            only=only,
+            unit_multiple=tensor_parallel,
         )
 
     return allocator

@@ -8,14 +8,6 @@ from pathlib import Path
 
 GQA_MODES = ("query", "group")
 RATIO_OF = ("all", "decoder")
-PRUNED_PARTS = ("attention", "ffn")
-# Read by every run, whatever the method: the data, the target, the machinery. Every other field
-# belongs to a plug-in (a method, its allocation or its recovery) that declares it; set away from
-# its default for a plug-in that does not read it, it is refused (slimllm.methods.check_options).
-SHARED_FIELDS = frozenset(
-    {"ratio", "ratio_of", "method", "calib", "nsamples", "seqlen", "seed", "gqa", "uniform", "batch_size", "device",
-     "dtype", "cache_gb", "threads"}
-)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -42,10 +34,12 @@ class PruneConfig:
     ``ratio`` is the fraction of parameters to remove: of *all* of them (embeddings included, as
     the paper counts) or, with ``ratio_of="decoder"``, of the decoder layers' alone (for models
     such as Gemma 3 whose embeddings hold most of the parameters).
-    ``layers`` (L_p) and ``alpha`` default to the paper's settings interpolated for ``ratio``
-    (``None`` means "derive"). ``method`` picks the importance criterion (``slimllm`` or a
-    baseline); the ``greedy``/``feature_space``/``regression``/``uniform`` switches are the
-    ablations of the paper.
+    ``method`` picks the importance criterion (``slimllm`` or a baseline) and, after ``@``, the
+    layer allocation; ``uniform`` (one ratio in every layer) is one of the paper's ablations.
+    The fields here are read by every run. ``options`` holds what the chosen method and allocation
+    alone read (``{"alpha": 7, "recovery": "ridge"}``): each declares an options dataclass with
+    the defaults (:class:`slimllm.methods.MethodSpec`, :class:`slimllm.methods.AllocationSpec`),
+    and an option that neither reads is refused when the method is built.
     """
 
     ratio: float = field(
@@ -65,50 +59,10 @@ class PruneConfig:
     nsamples: int = field(default=32, metadata={"help": "calibration windows"})
     seqlen: int = field(default=128, metadata={"help": "tokens per calibration window"})
     seed: int = field(default=42, metadata={"help": "seed of the calibration windows (and of random scores)"})
-    alpha: float | None = field(
-        default=None,
-        metadata={"help": "Eq. 11 temperature; None: the paper's (10 at 20%%, 7 at 50%%)", "type": float},
-    )
-    layers: int | None = field(
-        default=None, metadata={"help": "number of layers pruned, L_p; None: the paper's share", "type": int}
-    )
-    max_layer_ratio: float = field(default=0.9, metadata={"help": "cap on any layer's ratio"})
     gqa: str = field(
         default="query", metadata={"help": "prune single query heads or whole key/value groups", "choices": GQA_MODES}
     )
-    greedy: bool = field(default=True, metadata={"help": "ablation: no greedy head search (Algorithm 1)"})
-    feature_space: bool = field(default=True, metadata={"help": "ablation: channel norms in the original basis"})
-    regression: bool = field(default=True, metadata={"help": "ablation: no output regression"})
-    recovery: str = field(
-        default="regression",
-        metadata={"help": "how the pruned output projections are refitted (see below)"},
-    )
     uniform: bool = field(default=False, metadata={"help": "ablation: one ratio in every layer"})
-    only: str | None = field(
-        default=None,
-        metadata={
-            "help": "prune only the attention heads or only the FFN channels, the whole target taken from "
-            "that part (with the Eq. 11 or uniform layer ratios); None: both",
-            "choices": PRUNED_PARTS,
-        },
-    )
-    search_minutes: float = field(
-        default=5.0,
-        metadata={"help": "time budget of the allocation search (NAME@search), in minutes"},
-    )
-    search_steps: int | None = field(
-        default=None,
-        metadata={"help": "stop the allocation search after N candidates (None: at the time budget)", "type": int},
-    )
-    keep_lowest: float = field(default=0.01, metadata={"help": "spare the lowest FRACTION of channels (code quirk)"})
-    round_to: int = field(default=1, metadata={"help": "keep FFN widths multiples of N"})
-    tensor_parallel: int = field(
-        default=1,
-        metadata={
-            "help": "keep every layer's heads, key/value heads and FFN width multiples of N, so vLLM's "
-            "--tensor-parallel-size N splits each layer (needs --gqa group)"
-        },
-    )
     batch_size: int = field(default=8, metadata={"help": "calibration windows per forward pass"})
     device: str | None = field(
         default=None, metadata={"help": "compute device of the current layer (e.g. cuda); None: the model's"}
@@ -121,6 +75,13 @@ class PruneConfig:
     threads: int | None = field(
         default=None, metadata={"help": "CPU threads; None: one per core not busy with other work", "type": int}
     )
+    options: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "the chosen method's and allocation's own options, by name (alpha, recovery, ...): "
+            "each plug-in's options dataclass holds their defaults and refuses a name it does not read"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -130,37 +91,18 @@ class PruneConfig:
             raise ConfigError(f"ratio must lie strictly between 0 and 1, got {self.ratio!r}")
         if self.ratio_of not in RATIO_OF:
             raise ConfigError(f"ratio_of must be one of {RATIO_OF}, got {self.ratio_of!r}")
-        if self.only is not None and self.only not in PRUNED_PARTS:
-            raise ConfigError(f"only must be one of {PRUNED_PARTS} or None, got {self.only!r}")
         if self.gqa not in GQA_MODES:
             raise ConfigError(f"gqa must be one of {GQA_MODES}, got {self.gqa!r}")
         if self.nsamples < 1 or self.seqlen < 2:
             raise ConfigError(f"need nsamples >= 1 and seqlen >= 2, got {self.nsamples} and {self.seqlen}")
-        if not 0.0 < self.max_layer_ratio < 1.0:
-            raise ConfigError(f"max_layer_ratio must lie in (0, 1), got {self.max_layer_ratio}")
-        if not 0.0 <= self.keep_lowest < 0.5:
-            raise ConfigError(f"keep_lowest must lie in [0, 0.5), got {self.keep_lowest}")
-        if self.layers is not None and self.layers < 1:
-            raise ConfigError(f"layers (L_p) must be at least 1, got {self.layers}")
-        if self.round_to < 1:
-            raise ConfigError(f"round_to must be at least 1, got {self.round_to}")
-        if self.tensor_parallel < 1:
-            raise ConfigError(f"tensor_parallel must be at least 1, got {self.tensor_parallel}")
-        if self.tensor_parallel > 1 and self.gqa != "group":
-            raise ConfigError(
-                "tensor_parallel needs gqa='group' (--gqa group): vLLM splits a layer's key/value heads over the "
-                "GPUs with the query heads each serves, so whole groups must go"
-            )
         if self.cache_gb < 0:
             raise ConfigError(f"cache_gb must be at least 0, got {self.cache_gb}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
-        if not self.search_minutes > 0:
-            raise ConfigError(f"search_minutes must be positive, got {self.search_minutes}")
-        if self.search_steps is not None and self.search_steps < 1:
-            raise ConfigError(f"search_steps must be at least 1, got {self.search_steps}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not isinstance(self.options, dict) or not all(isinstance(name, str) for name in self.options):
+            raise ConfigError(f"options must be a dict of option names to values, got {self.options!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,15 +118,18 @@ class PruneConfig:
         """The settings of preset ``name`` (:data:`PRESETS`), with ``overrides`` on top."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
     def from_dict(cls, data: dict) -> PruneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown PruneConfig fields: {sorted(unknown)}")
-        return cls(**data)
+        """A config from its :meth:`to_dict` form or a flat one (``{"ratio": 0.2, "alpha": 7}``, as
+        presets, bench rows and records written before plug-in options had their own dataclasses):
+        a name that is no field of every run is a plug-in option (checked against the plug-ins
+        when the method is built)."""
+        shared = {f.name for f in fields(cls)} - {"options"}
+        options = dict(data.get("options") or {})
+        options.update({name: value for name, value in data.items() if name not in shared and name != "options"})
+        return cls(**{name: value for name, value in data.items() if name in shared}, options=options)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> PruneConfig:

@@ -30,7 +30,6 @@ from slimllm.models.base import ModelAdapter
 from slimllm.plan import LayerPlan, PrunePlan
 from slimllm.progress import progress_bar
 from slimllm.runtime import CoreShare, count_parameters, versions
-from slimllm.search import AllocationSearch
 from slimllm.surgery import apply_layer_plan
 
 
@@ -92,6 +91,7 @@ def prune(
     wall_start = time.perf_counter()
     adapter = adapter_for(model.config)
     method = build_method(config)
+    settings = recorded_settings(config, method)
     out_of_core = offload.has_disk_modules(model)
     if out_of_core and method.whole_model:
         raise ConfigError(
@@ -101,8 +101,8 @@ def prune(
     if resume and not (out_of_core and work_dir is not None):
         raise ConfigError("resuming needs an out-of-core prune (a model loaded on disk) and its work folder")
     processes = parallel.world_size()
-    if processes > 1 and (resume or method.allocation == "search"):
-        raise ConfigError(f"{'resuming' if resume else '@search'} runs in one process; drop torchrun")
+    if processes > 1 and (resume or method.refine is not None):
+        raise ConfigError(f"{'resuming' if resume else '@' + method.allocation} runs in one process; drop torchrun")
     progress = progress and parallel.is_main_process()
     device = _resolve_device(config, model)
     if device.type == "cuda":
@@ -117,7 +117,7 @@ def prune(
             calib_info = {"source": "tensor", "windows": int(data.shape[0])}
         if data.ndim != 2 or data.shape[1] < 2:
             raise ValueError(f"calibration data must be (nsamples, seqlen) token ids, got shape {tuple(data.shape)}")
-        run_record = _run_record(model, config, data) if out_of_core and work_dir is not None else None
+        run_record = _run_record(model, settings, data) if out_of_core and work_dir is not None else None
         data = parallel.share_windows(data, config.batch_size)  # this process's batches (all, when alone)
 
     with timer.phase("convert"):
@@ -160,13 +160,12 @@ def prune(
     with timer.phase("allocation"):
         costs = layer_costs(slim, adapter, config.gqa)
         allocation = method.allocator(cosines, costs, ratio_base, config)
-    if method.allocation == "search":
-        with timer.phase("allocation_search"), CoreShare(config.threads) as search_cores:
-            search = AllocationSearch(
+    if method.refine is not None:
+        with timer.phase(f"allocation_{method.allocation}"), CoreShare(config.threads) as refine_cores:
+            allocation = method.refine(
                 slim, adapter, method, config, allocation, costs, layer0_inputs, device,
-                cosines=cosines, ratio_base=ratio_base, progress=progress, cores=search_cores,
+                cosines=cosines, ratio_base=ratio_base, progress=progress, cores=refine_cores,
             )  # fmt: skip
-            allocation = search.run()
 
     prune_layer = LayerPruner(adapter, method, config, allocation, costs, device)
     spill = _LayerSpill(slim, work_dir) if out_of_core else None
@@ -204,7 +203,7 @@ def prune(
         num_kv_heads=getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
         intermediate_size=model.config.intermediate_size,
         layers=layer_plans,
-        config=config.to_dict(),
+        config=settings,
         source=getattr(model.config, "_name_or_path", None) or None,
     )
     timer.seconds["total"] = time.perf_counter() - wall_start
@@ -215,13 +214,19 @@ def prune(
     return slim, plan
 
 
-def _run_record(model, config: PruneConfig, windows: torch.Tensor) -> dict:
+def recorded_settings(config: PruneConfig, method) -> dict:
+    """``config`` as the plan and report record it: every plug-in option of the run, given or
+    defaulted, in ``options`` (so a record says what ran, whatever the defaults become)."""
+    return {**config.to_dict(), "options": method.options_dict()}
+
+
+def _run_record(model, settings: dict, windows: torch.Tensor) -> dict:
     """What identifies a prune, for resuming it: the settings, the calibration windows, the
     model's config and the files its weights are read from (names and sizes)."""
     units = offload.units_of(model)
     files = sorted({str(path) for _, unit in units for path in offload.disk_weights(unit).files.paths})
     return {
-        "settings": config.to_dict(),
+        "settings": settings,
         "calibration_windows": windows_digest(windows),
         "model_config": {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"},
         "weight_files": {path: Path(path).stat().st_size for path in files},
@@ -308,7 +313,7 @@ def _report(
     recovery = pruner.method.recovery
     layer_targets = recovery.dense_targets and not recovery.dense_inputs  # ridge-layer
     report = {
-        "settings": config.to_dict(),
+        "settings": recorded_settings(config, pruner.method),
         "calibration": calibration,
         "versions": versions(),
         "params": {

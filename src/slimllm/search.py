@@ -12,7 +12,7 @@ chosen by the pruned model's KL divergence to the dense model on held-out calibr
 - **Search**: a (1+1) evolution. A child moves one to three parts (a layer's attention or FFN)
   one level up or down, then other FFNs move one grid step at a time until the parameters removed
   are back within half a step of the target; it replaces the parent when its KL is lower.
-  It stops after ``config.search_minutes`` (or ``config.search_steps`` candidates).
+  It stops after ``--search-minutes`` (or ``--search-steps`` candidates).
 - **Result**: the best counts, with single channels moved so that the total is within half a
   channel of the target, exactly as the Eq. 11 solver leaves it. The usual layer walk then prunes
   the model with them, so the final model sees the pruned model's own inputs.
@@ -30,7 +30,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimllm.allocation import Allocation, AllocationError, LayerCosts, allocate, close_gap, removed_params
+from slimllm.allocation import (
+    Allocation,
+    AllocationError,
+    LayerCosts,
+    SearchOptions,
+    allocate,
+    close_gap,
+    removed_params,
+)
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.layer_pruner import LayerPruner
 from slimllm.layer_walk import LayerBatch, on_device, run_layer
@@ -60,15 +68,15 @@ class SearchSpace:
     adds_bias: bool
 
     @classmethod
-    def build(cls, costs: list[LayerCosts], target: float, config: PruneConfig, adds_bias: bool) -> SearchSpace:
+    def build(cls, costs: list[LayerCosts], target: float, options: SearchOptions, adds_bias: bool) -> SearchSpace:
         steps, max_units, max_levels = [], [], []
         for cost in costs:
             step = max(1, round(cost.width / GRID_STEPS))
-            step = config.round_to * max(1, math.ceil(step / config.round_to))
-            cap = min(cost.width - 1, math.floor(config.max_layer_ratio * cost.width))
+            step = options.round_to * max(1, math.ceil(step / options.round_to))
+            cap = min(cost.width - 1, math.floor(options.max_layer_ratio * cost.width))
             steps.append(step)
             max_levels.append(max(0, cap // step))
-            max_units.append(min(cost.num_units - 1, math.floor(config.max_layer_ratio * cost.num_units)))
+            max_units.append(min(cost.num_units - 1, math.floor(options.max_layer_ratio * cost.num_units)))
         return cls(tuple(costs), tuple(max_units), tuple(steps), tuple(max_levels), target, adds_bias)
 
     @property
@@ -324,11 +332,12 @@ class AllocationSearch:
         self.begin = time.perf_counter()
         self.cores = cores
         self.config, self.start, self.costs, self.progress = config, start, costs, progress
+        self.options: SearchOptions = method.allocation_options
         self.cosines, self.ratio_base = cosines, ratio_base
         fit, held_out = split_batches(layer0_inputs)
         fit, held_out = _cap_tokens(fit, MAX_FIT_TOKENS), _cap_tokens(held_out, MAX_KL_TOKENS)
         layers = adapter.layers(model)
-        self.space = SearchSpace.build(costs, start.target_removed, config, method.adds_bias)
+        self.space = SearchSpace.build(costs, start.target_removed, self.options, method.adds_bias)
         fit_inputs, held = [], held_out
         for index, layer in enumerate(
             progress_bar(layers, desc="search: dense pass", disable=not progress, leave=False)
@@ -387,39 +396,39 @@ class AllocationSearch:
         return trials + [("layers", c) for c in (count - 2, count + 2) if 1 <= c <= total]
 
     def eq11_allocation(self, alpha: float, layers: int) -> Allocation | None:
-        config = self.config
         try:
             return allocate(
                 self.cosines,
                 self.costs,
                 self.ratio_base,
-                ratio=config.ratio,
+                ratio=self.config.ratio,
                 pruned_layers=layers,
                 alpha=alpha,
-                max_layer_ratio=config.max_layer_ratio,
+                max_layer_ratio=self.options.max_layer_ratio,
                 regression=self.space.adds_bias,
-                round_to=config.round_to,
+                round_to=self.options.round_to,
             )
         except AllocationError:
             return None
 
     @torch.no_grad()
     def run(self) -> Allocation:
-        config, space, objective = self.config, self.space, self.objective
+        config, options, space, objective = self.config, self.options, self.space, self.objective
         rng = random.Random(config.seed)
         state = self.start_state(rng)
         best, inputs = objective(state)
         objective.accept(state, inputs)
         start_kl, evaluations, accepted, history = best, 1, 0, [(1, best)]
-        deadline = self.begin + 60 * config.search_minutes
+        deadline = self.begin + 60 * options.search_minutes
         bar = progress_bar(
-            total=config.search_steps, desc="search: KL to dense", disable=not self.progress, leave=False
+            total=options.search_steps, desc="search: KL to dense", disable=not self.progress, leave=False
         )
         settings = {"head_share": 1.0, "alpha": self.start.alpha, "layers": self.start.pruned_layers}
         coordinates, improved_in_pass = self.eq11_settings(), False
 
         def within_budget() -> bool:
-            return time.perf_counter() < deadline and (config.search_steps is None or evaluations < config.search_steps)
+            steps = options.search_steps
+            return time.perf_counter() < deadline and (steps is None or evaluations < steps)
 
         while within_budget():
             trial = None
@@ -462,14 +471,14 @@ class AllocationSearch:
             "held_out_tokens": objective.tokens,
             "fit_tokens": self.fit_tokens,
             "ffn_step_channels": list(space.step),
-            "minutes": config.search_minutes,
-            "steps": config.search_steps,
+            "minutes": options.search_minutes,
+            "steps": options.search_steps,
         }
-        return _as_allocation(state, space, self.start, self.costs, config, report)
+        return _as_allocation(state, space, self.start, self.costs, options, report)
 
 
 def _as_allocation(
-    state: State, space: SearchSpace, start: Allocation, costs: list[LayerCosts], config: PruneConfig, report: dict
+    state: State, space: SearchSpace, start: Allocation, costs: list[LayerCosts], options: SearchOptions, report: dict
 ) -> Allocation:
     channels = {i: space.channels(i, level) for i, level in enumerate(state.levels)}
     prunable = [cost.num_units * cost.unit_params + cost.width * cost.channel_params for cost in costs]
@@ -477,8 +486,8 @@ def _as_allocation(
         i: removed_params(costs[i], state.units[i], channels[i], space.adds_bias) / prunable[i]
         for i in range(len(costs))
     }
-    if config.round_to == 1:
-        channels = close_gap(space.target - space.removed(state), channels, ratios, costs, config.max_layer_ratio)
+    if options.round_to == 1:
+        channels = close_gap(space.target - space.removed(state), channels, ratios, costs, options.max_layer_ratio)
     planned = sum(removed_params(costs[i], state.units[i], channels[i], space.adds_bias) for i in range(len(costs)))
     return Allocation(
         selected=[i for i in range(len(costs)) if state.units[i] or channels[i]],

@@ -79,8 +79,8 @@ def test_options_beyond_the_paper_are_first_seed_rows_with_their_prune_settings(
         ("slimllm --nsamples 128 --seqlen 512", 1),
     ]
     configs = [prune_config(spec, c) for c in options]
-    assert configs[0].recovery == "ridge" and configs[0].nsamples == spec.nsamples
-    assert (configs[1].nsamples, configs[1].seqlen, configs[1].recovery) == (128, 512, "regression")
+    assert configs[0].options == {"recovery": "ridge"} and configs[0].nsamples == spec.nsamples
+    assert (configs[1].nsamples, configs[1].seqlen, configs[1].options) == (128, 512, {})
     assert spec.fingerprint() == _spec("x", ratios=[0.2], seeds=[1, 2]).fingerprint()  # finished cells are reused
     with pytest.raises(ValueError, match="unknown options"):
         _spec("x", options=["magic"]).validate()

@@ -10,7 +10,7 @@ import torch
 
 import slimllm
 from slimllm import PruneConfig
-from slimllm.allocation import AllocationError, LayerCosts, removed_params
+from slimllm.allocation import AllocationError, FlapAllocationOptions, LayerCosts, removed_params
 from slimllm.importance import AttentionStats, MlpStats
 from slimllm.methods import available_methods, build_method, flap, parse_method, simple, taylor
 from slimllm.models import adapter_for
@@ -202,7 +202,7 @@ def test_flap_allocation_removes_the_lowest_scores_across_layers_until_the_targe
     allocation = flap.FlapAllocation(adds_bias=False)
     allocation.head_scores = [torch.tensor([-2.0, 0.5, 1.0, 2.0]), torch.tensor([0.4, 1.1, 1.2, 1.3])]
     allocation.channel_scores = [torch.linspace(-1.0, 1.5, 10), torch.linspace(0.0, 3.0, 10)]
-    config = PruneConfig(ratio=0.25, round_to=1)
+    config = PruneConfig(ratio=0.25, options={"round_to": 1})
     dense = 1200  # 2 layers × (400 + 100) prunable + 200 other
     result = allocation(None, costs, dense, config)
     # in score order, each structure weighing its parameters, up to the prefix closest to 300
@@ -241,7 +241,7 @@ def test_flap_allocation_keeps_one_unit_per_layer():
 
 # -- methods end to end ----------------------------------------------------------------------------
 def _config(**overrides):
-    return PruneConfig(**{"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, **overrides})
+    return PruneConfig.from_dict({"ratio": 0.3, "nsamples": 12, "seqlen": 24, "batch_size": 5, **overrides})
 
 
 def test_method_names_and_allocations():
@@ -298,11 +298,14 @@ def test_flap_allocation_rounds_kept_widths_to_multiples():
     costs = [
         LayerCosts(num_units=4, unit_params=100, width=16, channel_params=10, attn_bias_added=0, mlp_bias_added=0)
     ] * 2
-    allocation = flap.FlapAllocation(adds_bias=False)
-    allocation.head_scores = [torch.tensor([5.0, 5.0, 5.0, 5.0])] * 2  # heads out of reach
-    allocation.channel_scores = [torch.linspace(-1.0, 1.5, 16), torch.linspace(0.4, 3.0, 16)]
-    exact = allocation(None, costs, 1000, PruneConfig(ratio=0.1, round_to=1))
-    rounded = allocation(None, costs, 1000, PruneConfig(ratio=0.1, round_to=4))
+
+    def allocation(round_to: int):
+        allocator = flap.FlapAllocation(adds_bias=False, options=FlapAllocationOptions(round_to=round_to))
+        allocator.head_scores = [torch.tensor([5.0, 5.0, 5.0, 5.0])] * 2  # heads out of reach
+        allocator.channel_scores = [torch.linspace(-1.0, 1.5, 16), torch.linspace(0.4, 3.0, 16)]
+        return allocator(None, costs, 1000, PruneConfig(ratio=0.1))
+
+    exact, rounded = allocation(1), allocation(4)
     for pruned_exactly, pruned in zip(exact.channels_to_prune, rounded.channels_to_prune, strict=True):
         if pruned_exactly == 0:
             assert pruned == 0  # a layer FLAP leaves whole stays whole

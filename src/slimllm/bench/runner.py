@@ -26,6 +26,7 @@ from slimllm.bench.spec import BenchSpec, Cell
 from slimllm.config import ConfigError, PruneConfig
 from slimllm.eval.harness import zero_shot_with
 from slimllm.eval.ppl import perplexity_of_stream
+from slimllm.methods import without_default_options
 from slimllm.progress import progress_bar
 from slimllm.runtime import count_parameters, release_memory
 
@@ -49,14 +50,15 @@ def _captured_logs(name: str = "slimllm") -> Iterator[list[str]]:
 
 
 def prune_config(spec: BenchSpec, cell: Cell) -> PruneConfig:
-    return PruneConfig(ratio=cell.ratio, seed=cell.seed, **{**spec.prune_overrides(), **cell.overrides})
+    return PruneConfig.from_dict({"ratio": cell.ratio, "seed": cell.seed, **spec.prune_overrides(), **cell.overrides})
 
 
 def _recorded_config(record: dict) -> PruneConfig | None:
     """The settings a cell was pruned with; a field added since takes its default, which is
-    what the code did before the field existed."""
+    what the code did before the field existed. Plug-in options at their defaults are dropped:
+    records written before they moved into ``options`` list every one."""
     try:
-        return PruneConfig.from_dict(record.get("config") or {})
+        return without_default_options(PruneConfig.from_dict(record.get("config") or {}))
     except (ConfigError, TypeError):
         return None
 
@@ -120,7 +122,7 @@ class Bench:
         if record is None or record.get("status") != "done" or record.get("fingerprint") != self.fingerprint:
             return False
         # A row's settings can change under the same label (a preset redefined): measure it again.
-        if cell.kind != "dense" and _recorded_config(record) != prune_config(self.spec, cell):
+        if cell.kind != "dense" and _recorded_config(record) != without_default_options(prune_config(self.spec, cell)):
             return False
         wants_tasks = cell.zero_shot and bool(self.spec.tasks)
         return not wants_tasks or record.get("eval", {}).get("zero_shot") is not None

@@ -6,15 +6,16 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import fields
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     from slimllm.config import PRESETS, PruneConfig
     from slimllm.io import BUILTIN_MODELS
-    from slimllm.methods import RECOVERIES, REGISTRY, allocation_help, method_help, recovery_help
+    from slimllm.methods import REGISTRY, allocation_help, method_help, option_names, option_readers, recovery_help
     from slimllm.options import add_dataclass_arguments
 
-    readers = " and ".join(name for name, spec in REGISTRY.items() if "recovery" in spec.options)
+    readers = " and ".join(name for name, spec in REGISTRY.items() if "recovery" in option_names(spec.options))
     p = subparsers.add_parser(
         "prune",
         help="prune a model with SlimLLM and save it",
@@ -35,7 +36,16 @@ def register(subparsers) -> argparse.ArgumentParser:
         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["best"].items())
         + "); options given on the command line override it",
     )
-    add_dataclass_arguments(p, PruneConfig, metadata={"recovery": {"choices": tuple(RECOVERIES)}})
+    add_dataclass_arguments(p, PruneConfig, skip=("options",))
+    plug_in = plug_in_options_class()
+    readers = {
+        item.name: {
+            "group": _PLUG_IN_GROUP_TITLE,
+            "help": f"{item.metadata['help']}; read by {option_readers(item.name)}",
+        }
+        for item in fields(plug_in)
+    }
+    add_dataclass_arguments(p, plug_in, metadata=readers)
     p.add_argument(
         "--in-memory",
         action="store_true",
@@ -53,26 +63,66 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+_PLUG_IN_GROUP_TITLE = "options of the methods and allocations (refused by those that do not read them)"
+
+
+def plug_in_options_class() -> type:
+    """One dataclass holding every registered plug-in option (:func:`slimllm.methods.plug_in_options`),
+    for the command line: ``--alpha`` is listed once however many allocations read it."""
+    from dataclasses import field, make_dataclass
+
+    from slimllm.methods import plug_in_options
+
+    return make_dataclass(
+        "PlugInOptions",
+        [(item.name, item.type, field(default=item.default, metadata=item.metadata)) for item in plug_in_options()],
+    )
+
+
 def options_markdown() -> str:
     """``slimllm prune``'s options as the markdown table docs/usage.md shows (generated, tested)."""
-    from slimllm.methods import ALLOCATION_SPECS, RECOVERIES, REGISTRY, available_methods, option_readers
+    from slimllm.methods import ALLOCATION_SPECS, RECOVERIES, REGISTRY, available_methods
     from slimllm.options import markdown_table
 
     prune = register(argparse.ArgumentParser().add_subparsers())
-    plugins = ["| plug-in | name | what it is |", "|---|---|---|"]
-    rows = [("method (`--method NAME`)", name, REGISTRY[name].summary) for name in available_methods()]
-    rows += [("allocation (`--method NAME@ALLOCATION`)", spec.name, spec.summary) for spec in ALLOCATION_SPECS.values()]
-    rows += [("recovery (`--recovery`)", name, recovery.summary) for name, recovery in RECOVERIES.items()]
-    plugins += [f"| {kind} | `{name}` | {summary.replace('|', chr(92) + '|')} |" for kind, name, summary in rows]
-    return markdown_table(prune, read_by=option_readers) + "\n\n" + "\n".join(plugins)
+    plugins = ["| plug-in | name | what it is | its options |", "|---|---|---|---|"]
+    rows = [
+        ("method (`--method NAME`)", name, REGISTRY[name].summary, REGISTRY[name].options)
+        for name in available_methods()
+    ]
+    rows += [
+        ("allocation (`--method NAME@ALLOCATION`)", spec.name, spec.summary, spec.options)
+        for spec in ALLOCATION_SPECS.values()
+    ]
+    rows += [("recovery (`--recovery`)", name, recovery.summary, None) for name, recovery in RECOVERIES.items()]
+    for kind, name, summary, options in rows:
+        flags = ", ".join(f"`{_flag(item)}`" for item in fields(options)) if options else ""
+        plugins.append(f"| {kind} | `{name}` | {summary.replace('|', chr(92) + '|')} | {flags or '–'} |")
+    return markdown_table(prune) + "\n\n" + "\n".join(plugins)
+
+
+def _flag(item) -> str:
+    """How the command line spells option ``item``: ``--no-NAME`` for a switch that is on by default."""
+    name = item.name.replace("_", "-")
+    return f"--no-{name}" if item.default is True else f"--{name}"
 
 
 def config_from_args(args):
+    """The :class:`PruneConfig` of a command line: its fields from their options (a preset's value
+    where one was not given), ``options`` from the plug-in options given (or set by the preset)."""
     from slimllm.config import PRESETS, PruneConfig
-    from slimllm.options import dataclass_from_arguments
+    from slimllm.methods import plug_in_options
+    from slimllm.options import given_fields
 
-    preset = PRESETS[args.preset] if getattr(args, "preset", None) else None
-    return dataclass_from_arguments(PruneConfig, args, preset)
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else {}
+    given = given_fields(args)
+    settings = {item.name: getattr(args, item.name) for item in fields(PruneConfig) if hasattr(args, item.name)}
+    settings.update({name: value for name, value in preset.items() if name not in given})
+    for item in plug_in_options():
+        value = getattr(args, item.name)
+        if item.name in given or value != item.default:  # a boolean flag is given when it changed the value
+            settings[item.name] = value
+    return PruneConfig.from_dict(settings)
 
 
 def print_summary(report: dict, output: str, console=None) -> None:

@@ -7,18 +7,27 @@ and calls :func:`~slimllm.methods.base.register`; its import below makes ``--met
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from slimllm.allocation import eq11_allocator
-from slimllm.config import SHARED_FIELDS, ConfigError, PruneConfig
+from slimllm.allocation import (
+    Eq11Options,
+    FlapAllocationOptions,
+    SearchOptions,
+    UniformOptions,
+    eq11_allocator,
+)
+from slimllm.config import ConfigError, PruneConfig
 from slimllm.methods import flap, obs, simple, slimllm, taylor  # noqa: F401  (each registers its method, in this order)
 from slimllm.methods.base import (
     RECOVERIES,
     REGISTRY,
     Method,
     MethodSpec,
+    NoOptions,
     NoRecovery,
+    RecoveryOptions,
     RegressionRecovery,
     register,
 )
@@ -27,24 +36,32 @@ from slimllm.registry import Registry
 
 @dataclass(frozen=True)
 class AllocationSpec:
-    """A way to set the layer ratios (``--method NAME@ALLOCATION``) and the options it reads."""
+    """A way to set the layer ratios (``--method NAME@ALLOCATION``) and the dataclass of the
+    options it reads. ``refine``, when set, improves the allocation on the whole dense model
+    before the layer walk (``refine(model, adapter, method, config, allocation, costs,
+    layer0_inputs, device, *, cosines, ratio_base, progress, cores) -> Allocation``); such an
+    allocation needs the model in memory and runs in one process."""
 
     name: str
     summary: str
-    options: tuple[str, ...]
+    options: type
+    refine: Callable | None = None
 
 
-_EQ11 = ("layers", "alpha", "max_layer_ratio", "round_to")
+def _search(*args, **kwargs):
+    from slimllm.search import AllocationSearch  # imported when used: the search builds on this package
+
+    return AllocationSearch(*args, **kwargs).run()
+
+
 ALLOCATION_SPECS: Registry[AllocationSpec] = Registry("allocation")
 for _spec in (
-    AllocationSpec("uniform", "one ratio in every layer", ("max_layer_ratio", "round_to", "only", "tensor_parallel")),
+    AllocationSpec("uniform", "one ratio in every layer", UniformOptions),
+    AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", Eq11Options),
     AllocationSpec(
-        "eq11",
-        "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)",
-        (*_EQ11, "only", "tensor_parallel"),
+        "flap", "FLAP's adaptive structure: standardised scores compared across layers", FlapAllocationOptions
     ),
-    AllocationSpec("flap", "FLAP's adaptive structure: standardised scores compared across layers", ("round_to",)),
-    AllocationSpec("search", "Eq. 11's counts refined by a KL search", (*_EQ11, "search_minutes", "search_steps")),
+    AllocationSpec("search", "Eq. 11's counts refined by a KL search", SearchOptions, refine=_search),
 ):
     ALLOCATION_SPECS.add(_spec)
 ALLOCATIONS = tuple(ALLOCATION_SPECS)
@@ -60,18 +77,39 @@ def available_methods() -> list[str]:
     return sorted(REGISTRY, key=lambda name: (_LISTING_ORDER.index(name) if name in _LISTING_ORDER else 99, name))
 
 
-def option_readers(field: str) -> str:
-    """Which plug-ins read the :class:`PruneConfig` field ``field``: every run (the shared fields),
-    else the methods and ``@allocations`` that declare it; the command itself for other options."""
-    from slimllm.config import SHARED_FIELDS, PruneConfig
+def option_names(options_class: type) -> set[str]:
+    return {item.name for item in fields(options_class)}
 
-    if field in SHARED_FIELDS:
+
+def plug_in_options() -> list:
+    """Every field of every registered method's and allocation's options dataclass, once per name
+    (the first declaration's default and help; a name shared by plug-ins means the same there)."""
+    seen, found = set(), []
+    classes = [REGISTRY[name].options for name in available_methods()] + [s.options for s in ALLOCATION_SPECS.values()]
+    for options_class in classes:
+        for item in fields(options_class):
+            if item.name not in seen:
+                seen.add(item.name)
+                found.append(item)
+    return found
+
+
+def without_default_options(config: PruneConfig) -> PruneConfig:
+    """``config`` without the plug-in options set to their defaults: two configs that prune alike
+    compare equal however their options were spelled."""
+    defaults = {item.name: item.default for item in plug_in_options()}
+    kept = {name: value for name, value in config.options.items() if name not in defaults or value != defaults[name]}
+    return dataclasses.replace(config, options=kept)
+
+
+def option_readers(name: str) -> str:
+    """Which plug-ins read option ``name``: every run (a :class:`PruneConfig` field), else the
+    methods and ``@allocations`` whose options declare it; the command itself for other options."""
+    if name in PruneConfig.__dataclass_fields__:
         return "every run"
-    if field not in PruneConfig.__dataclass_fields__:
-        return "the command"
-    readers = [name for name in available_methods() if field in REGISTRY[name].options]
-    readers += [f"@{name}" for name, spec in ALLOCATION_SPECS.items() if field in spec.options]
-    return ", ".join(readers)
+    readers = [method for method in available_methods() if name in option_names(REGISTRY[method].options)]
+    readers += [f"@{spec.name}" for spec in ALLOCATION_SPECS.values() if name in option_names(spec.options)]
+    return ", ".join(readers) or "the command"
 
 
 def method_help() -> str:
@@ -106,21 +144,15 @@ def build_method(config: PruneConfig) -> Method:
     name, allocation = parse_method(config.method)
     spec = REGISTRY[name]
     allocation = "uniform" if config.uniform else (allocation or spec.default_allocation)
-    check_options(config, spec, allocation)
-    criteria = spec.build(config)
+    options, allocation_options = resolve_options(config, spec, allocation)
+    criteria = spec.build(config, options)
     prepares = [criteria.prepare] if criteria.prepare is not None else []
     adds_bias = criteria.recovery.adds_bias
     if allocation == "flap":
-        allocator = flap.FlapAllocation(gqa=config.gqa, adds_bias=adds_bias)
+        allocator = flap.FlapAllocation(gqa=config.gqa, adds_bias=adds_bias, options=allocation_options)
         prepares.append(allocator.prepare)
     else:
-        options = ALLOCATION_SPECS[allocation].options
-        allocator = eq11_allocator(
-            uniform=allocation == "uniform",
-            adds_bias=adds_bias,
-            one_part="only" in options,
-            splits="tensor_parallel" in options,
-        )
+        allocator = eq11_allocator(allocation_options, uniform=allocation == "uniform", adds_bias=adds_bias)
     return Method(
         name=config.method,
         heads=criteria.heads,
@@ -129,26 +161,40 @@ def build_method(config: PruneConfig) -> Method:
         allocation=allocation,
         allocator=allocator,
         prepare=_chain(prepares),
-        # the search keeps candidate layers and runs the head on every trial
-        whole_model=spec.whole_model or allocation == "search",
+        refine=ALLOCATION_SPECS[allocation].refine,
+        # a refining allocation keeps candidate layers and runs the head on every trial
+        whole_model=spec.whole_model or ALLOCATION_SPECS[allocation].refine is not None,
+        options=options,
+        allocation_options=allocation_options,
     )
 
 
-def check_options(config: PruneConfig, spec: MethodSpec, allocation: str) -> None:
-    """Refuse a method-specific option set away from its default that neither the method nor
-    its allocation reads (``--method flap --recovery ridge``): silently ignored, it would
-    mislead."""
-    owned = {*spec.options, *ALLOCATION_SPECS[allocation].options}
-    for item in fields(PruneConfig):
-        if item.name in SHARED_FIELDS or item.name in owned:
+def resolve_options(config: PruneConfig, spec: MethodSpec, allocation: str) -> tuple[object, object]:
+    """The method's and the allocation's options dataclasses filled from ``config.options``.
+    An option that neither reads is refused (``--method flap --recovery ridge``): silently
+    ignored, it would mislead; so is a name no plug-in knows."""
+    allocation_class = ALLOCATION_SPECS[allocation].options
+    method_names, allocation_names = option_names(spec.options), option_names(allocation_class)
+    known = {item.name for item in plug_in_options()}
+    for name, value in config.options.items():
+        if name in method_names or name in allocation_names:
             continue
-        value = vars(config)[item.name]  # not getattr: this is no use of the option (tests track uses)
-        if value != item.default:
-            readers = ", ".join(_flag(name) for name in sorted(owned)) or "nothing more"
-            raise ConfigError(
-                f"{_flag(item.name, value)} does not apply to --method {config.method} "
-                f"(method {spec.name} with the {allocation} allocation reads {readers}); drop it"
-            )
+        if name not in known:
+            raise ConfigError(f"unknown option {name!r}; the options of the plug-ins are {', '.join(sorted(known))}")
+        owned = method_names | allocation_names
+        readers = ", ".join(_flag(owner) for owner in sorted(owned)) or "nothing more"
+        raise ConfigError(
+            f"{_flag(name, value)} does not apply to --method {config.method} "
+            f"(method {spec.name} with the {allocation} allocation reads {readers}); drop it"
+        )
+    options = spec.options(**{k: v for k, v in config.options.items() if k in method_names})
+    allocation_options = allocation_class(**{k: v for k, v in config.options.items() if k in allocation_names})
+    if getattr(allocation_options, "tensor_parallel", 1) > 1 and config.gqa != "group":
+        raise ConfigError(
+            "tensor_parallel needs gqa='group' (--gqa group): vLLM splits a layer's key/value heads over the "
+            "GPUs with the query heads each serves, so whole groups must go"
+        )
+    return options, allocation_options
 
 
 def _flag(name: str, value=None) -> str:
@@ -189,15 +235,20 @@ __all__ = [
     "AllocationSpec",
     "Method",
     "MethodSpec",
+    "NoOptions",
     "NoRecovery",
+    "RecoveryOptions",
     "RegressionRecovery",
     "allocation_help",
     "available_methods",
     "build_method",
-    "check_options",
     "method_help",
+    "option_names",
     "option_readers",
     "parse_method",
+    "plug_in_options",
     "recovery_help",
     "register",
+    "resolve_options",
+    "without_default_options",
 ]

@@ -10,7 +10,7 @@ and whether it needs the second, paired pass over the FFN output.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from slimllm.config import ConfigError, PruneConfig
@@ -128,11 +128,29 @@ for _recovery in (RegressionRecovery, RidgeRecovery, DenseRidgeRecovery, LayerRi
     RECOVERIES.add(_recovery)
 
 
-def configured_recovery(config: PruneConfig) -> RecoveryMethod:
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a plug-in that has none of its own."""
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """The options of a method whose recovery is chosen by name (``--recovery``)."""
+
+    recovery: str = field(
+        default="regression",
+        metadata={"help": "how the pruned output projections are refitted (see below)", "choices": tuple(RECOVERIES)},
+    )
+    regression: bool = field(default=True, metadata={"help": "ablation: no output regression"})
+
+    def __post_init__(self) -> None:
+        if self.recovery not in RECOVERIES:
+            raise ConfigError(f"unknown recovery {self.recovery!r}; use one of {', '.join(RECOVERIES)}")
+
+
+def configured_recovery(options: RecoveryOptions) -> RecoveryMethod:
     """The recovery ``--recovery`` names, or none with the ``--no-regression`` ablation."""
-    if config.recovery not in RECOVERIES:
-        raise ConfigError(f"unknown recovery {config.recovery!r}; use one of {', '.join(RECOVERIES)}")
-    return RECOVERIES[config.recovery]() if config.regression else NoRecovery()
+    return RECOVERIES[options.recovery]() if options.regression else NoRecovery()
 
 
 # prepare(model, adapter, layer0_batches, windows, device): sees the whole dense model first
@@ -152,25 +170,21 @@ class Criteria:
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method: its name, a one-line summary, the layer ratios it was published with
-    (``eq11``, ``uniform`` or ``flap``) and how to build its criteria from a :class:`PruneConfig`.
-    ``beyond_paper`` methods are options measured against SlimLLM (``slimllm bench --options``),
-    not rows of the default benchmark. ``options`` are the :class:`PruneConfig` fields its
-    criteria and recovery read beyond those every run shares (:data:`slimllm.config.SHARED_FIELDS`);
-    any other method-specific field set away from its default is refused."""
+    (``eq11``, ``uniform`` or ``flap``) and how to build its criteria from a :class:`PruneConfig`
+    and its own options. ``beyond_paper`` methods are options measured against SlimLLM (``slimllm
+    bench --options``), not rows of the default benchmark. ``options`` is the dataclass of what its
+    criteria and recovery read beyond :class:`PruneConfig`'s fields (their defaults written there,
+    once); ``build`` gets an instance filled from ``PruneConfig.options``."""
 
     name: str
     summary: str
     default_allocation: str
-    build: Callable[[PruneConfig], Criteria]
+    build: Callable[[PruneConfig, object], Criteria]
     beyond_paper: bool = False
-    options: tuple[str, ...] = ()
+    options: type = NoOptions
     # needs every weight in memory at once (a backward pass over the whole model), so it cannot
     # prune a model whose layers are read from disk one at a time
     whole_model: bool = False
-
-
-# the options of a method whose recovery is chosen by ``--recovery`` (``--no-regression``: none)
-RECOVERY_OPTIONS = ("recovery", "regression")
 
 
 @dataclass
@@ -184,7 +198,14 @@ class Method:
     allocation: str
     allocator: Allocator
     prepare: Prepare | None = None
+    refine: Callable | None = None  # the allocation's refinement on the whole model (AllocationSpec.refine)
     whole_model: bool = False
+    options: object = NoOptions()  # the method's own options, resolved (its options dataclass)
+    allocation_options: object = NoOptions()  # the allocation's, likewise
+
+    def options_dict(self) -> dict:
+        """Every plug-in option of this run, given or defaulted (what the plan records)."""
+        return {**asdict(self.options), **asdict(self.allocation_options)}
 
     @property
     def adds_bias(self) -> bool:

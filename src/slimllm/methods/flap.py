@@ -6,7 +6,14 @@ from __future__ import annotations
 import torch
 
 from slimllm import parallel
-from slimllm.allocation import Allocation, AllocationError, attention_units, removed_params, rounded_channel_count
+from slimllm.allocation import (
+    Allocation,
+    AllocationError,
+    FlapAllocationOptions,
+    attention_units,
+    removed_params,
+    rounded_channel_count,
+)
 from slimllm.importance import AttentionStats, MlpStats, Selection
 from slimllm.importance.baselines import flap_channel_scores, flap_head_scores, selection, weight64
 from slimllm.layer_walk import hooks, on_device, run_layer
@@ -78,9 +85,10 @@ class FlapAllocation:
     reported).
     """
 
-    def __init__(self, gqa: str = "query", adds_bias: bool = True):
+    def __init__(self, gqa: str = "query", adds_bias: bool = True, options: FlapAllocationOptions | None = None):
         self.gqa = gqa
         self.adds_bias = adds_bias
+        self.options = options or FlapAllocationOptions()
         self.head_scores: list[torch.Tensor] = []
         self.channel_scores: list[torch.Tensor] = []
 
@@ -138,8 +146,9 @@ class FlapAllocation:
         else:
             if removed < target - max(c.channel_params for c in costs):
                 raise AllocationError(f"FLAP allocation cannot remove {config.ratio:.1%} of the parameters")
-        if config.round_to > 1:
-            rounded = [rounded_channel_count(k, c.width, config.round_to) for k, c in zip(chans, costs, strict=True)]
+        round_to = self.options.round_to
+        if round_to > 1:
+            rounded = [rounded_channel_count(k, c.width, round_to) for k, c in zip(chans, costs, strict=True)]
             chans = [r if k else 0 for r, k in zip(rounded, chans, strict=True)]
         ratios = []
         for c, u, k in zip(costs, units, chans, strict=True):
@@ -164,6 +173,6 @@ register(
         "flap",
         "fluctuation of the output projection's inputs, bias compensation, FLAP's adaptive structure",
         "flap",
-        lambda config: Criteria(FlapHeads(), FlapChannels(), BiasCompensation()),
+        lambda config, options: Criteria(FlapHeads(), FlapChannels(), BiasCompensation()),
     )
 )

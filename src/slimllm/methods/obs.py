@@ -6,11 +6,11 @@ which performs that refit. Layer ratios are Eq. 11's, as SlimLLM's."""
 from __future__ import annotations
 
 from slimllm.importance.obs import ObsChannels, ObsHeads
-from slimllm.methods.base import RECOVERY_OPTIONS, Criteria, MethodSpec, configured_recovery, register
+from slimllm.methods.base import Criteria, MethodSpec, RecoveryOptions, configured_recovery, register
 
 
-def _obs(config) -> Criteria:
-    return Criteria(ObsHeads(), ObsChannels(), configured_recovery(config))
+def _obs(config, options: RecoveryOptions) -> Criteria:
+    return Criteria(ObsHeads(), ObsChannels(), configured_recovery(options))
 
 
 register(
@@ -20,6 +20,6 @@ register(
         "eq11",
         _obs,
         beyond_paper=True,
-        options=RECOVERY_OPTIONS,
+        options=RecoveryOptions,
     )
 )

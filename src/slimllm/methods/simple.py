@@ -76,12 +76,12 @@ class RandomChannels:
 
 
 register(MethodSpec("magnitude", "‖W‖ of the output projection's columns (FLAP's magnitude-sp)", "uniform",
-                    lambda config: Criteria(MagnitudeHeads(), MagnitudeChannels(), NoRecovery())))  # fmt: skip
+                    lambda config, options: Criteria(MagnitudeHeads(), MagnitudeChannels(), NoRecovery())))  # fmt: skip
 register(MethodSpec("wanda-sp", "|W| · ‖X‖ of the output projection's columns (FLAP's structured Wanda)", "uniform",
-                    lambda config: Criteria(WandaSpHeads(), WandaSpChannels(), NoRecovery())))  # fmt: skip
+                    lambda config, options: Criteria(WandaSpHeads(), WandaSpChannels(), NoRecovery())))  # fmt: skip
 
 
-def _random(config) -> Criteria:
+def _random(config, options) -> Criteria:
     scores = RandomScores(config.seed)
     return Criteria(RandomHeads(scores), RandomChannels(scores), NoRecovery())
 

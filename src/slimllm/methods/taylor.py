@@ -156,7 +156,7 @@ class TaylorChannels:
         return selection(self.scores.channel_scores(stats), num_prune)
 
 
-def _taylor(config) -> Criteria:
+def _taylor(config, options) -> Criteria:
     scores = TaylorScores(batch_size=config.batch_size)
     return Criteria(TaylorHeads(scores), TaylorChannels(scores), NoRecovery(), prepare=scores.prepare)
 
