@@ -18,8 +18,7 @@ budget=${BUDGET:-60}
 mkdir -p "$out" "$logs"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-common=(smollm2-135m --methods slimllm,magnitude,wanda-sp,flap,taylor,random --ablations --round-to 64
-  --seeds 42,43,44 --seed-eval ppl --ppl-limit 32 --task-limit 30 --threads 1 --out "$out" --quiet)
+common=(@benchmarks/specs/smollm2-135m.args --quiet)  # the settings, and --out "$out"
 
 start=$(date +%s)
 "$slimllm" bench "${common[@]}" --ratios 0.2 --budget-minutes "$budget" >"$logs/ratio-0.2.log" 2>&1 &

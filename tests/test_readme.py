@@ -124,9 +124,13 @@ def test_readme_shows_the_main_commands():
 
 
 @pytest.mark.parametrize(("line", "sub", "args"), COMMANDS, ids=[line[:80] for line, _, _ in COMMANDS])
-def test_readme_command_parses(line, sub, args):
+def test_readme_command_parses(line, sub, args, monkeypatch):
+    from slimllm.cli import expand_argument_files
+
     status, text = help_texts()[sub]
     assert status == 0, f"`slimllm {sub} --help` failed for README line {line!r}:\n{text}"
+    monkeypatch.chdir(ROOT)
+    args = expand_argument_files(args)  # @FILE: the arguments of a committed file (benchmarks/specs/)
     options = {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
     unknown = sorted(o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", text))
     assert not unknown, f"README line {line!r} uses options `slimllm {sub}` does not have: {unknown}"

@@ -187,7 +187,10 @@ def run(args) -> int:
 
 
 def _command_line(args) -> str:
-    """The command as typed (``slimllm bench ...`` or ``python -m slimllm bench ...``)."""
+    """The command as typed (``slimllm bench ...`` or ``python -m slimllm bench ...``), with the
+    arguments of any ``@FILE`` written out (the file may change; the record must not)."""
+    from slimllm.cli import expand_argument_files
+
     if sys.argv[1:2] == ["bench"]:
-        return shlex.join(["slimllm", *sys.argv[1:]])
+        return shlex.join(["slimllm", *expand_argument_files(sys.argv[1:])])
     return f"slimllm bench {shlex.quote(args.model)} --out {shlex.quote(args.out)} (called from Python)"
