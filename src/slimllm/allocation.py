@@ -62,19 +62,33 @@ def _alpha():
     )
 
 
-def _check_common(options) -> None:
-    if not 0.0 < options.max_layer_ratio < 1.0:
-        raise ConfigError(f"max_layer_ratio must lie in (0, 1), got {options.max_layer_ratio}")
-    if options.round_to < 1:
-        raise ConfigError(f"round_to must be at least 1, got {options.round_to}")
+def _check_round_to(round_to: int) -> None:
+    if round_to < 1:
+        raise ConfigError(f"round_to must be at least 1, got {round_to}")
+
+
+def _check_eq11(options) -> None:
+    if options.layers is not None and options.layers < 1:
+        raise ConfigError(f"layers (L_p) must be at least 1, got {options.layers}")
 
 
 @dataclass(frozen=True)
-class UniformOptions:
-    """``@uniform``: one ratio in every layer."""
+class _CappedRatios:
+    """What the allocations that set per-layer ratios share: the cap and the FFN width grid."""
 
     max_layer_ratio: float = _max_layer_ratio()
     round_to: int = _round_to()
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_layer_ratio < 1.0:
+            raise ConfigError(f"max_layer_ratio must lie in (0, 1), got {self.max_layer_ratio}")
+        _check_round_to(self.round_to)
+
+
+@dataclass(frozen=True)
+class UniformOptions(_CappedRatios):
+    """``@uniform``: one ratio in every layer."""
+
     only: str | None = field(
         default=None,
         metadata={
@@ -92,7 +106,7 @@ class UniformOptions:
     )
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        super().__post_init__()
         if self.only is not None and self.only not in PRUNED_PARTS:
             raise ConfigError(f"only must be one of {PRUNED_PARTS} or None, got {self.only!r}")
         if self.tensor_parallel < 1:
@@ -111,11 +125,6 @@ class Eq11Options(UniformOptions):
         _check_eq11(self)
 
 
-def _check_eq11(options) -> None:
-    if options.layers is not None and options.layers < 1:
-        raise ConfigError(f"layers (L_p) must be at least 1, got {options.layers}")
-
-
 @dataclass(frozen=True)
 class FlapAllocationOptions:
     """``@flap``: FLAP's adaptive structure (its threshold leaves no other knob)."""
@@ -123,16 +132,13 @@ class FlapAllocationOptions:
     round_to: int = _round_to()
 
     def __post_init__(self) -> None:
-        if self.round_to < 1:
-            raise ConfigError(f"round_to must be at least 1, got {self.round_to}")
+        _check_round_to(self.round_to)
 
 
 @dataclass(frozen=True)
-class SearchOptions:
+class SearchOptions(_CappedRatios):
     """``@search``: Eq. 11's counts refined by a KL search (:mod:`slimllm.search`)."""
 
-    max_layer_ratio: float = _max_layer_ratio()
-    round_to: int = _round_to()
     layers: int | None = _layers()
     alpha: float | None = _alpha()
     search_minutes: float = field(
@@ -144,7 +150,7 @@ class SearchOptions:
     )
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        super().__post_init__()
         _check_eq11(self)
         if not self.search_minutes > 0:
             raise ConfigError(f"search_minutes must be positive, got {self.search_minutes}")
