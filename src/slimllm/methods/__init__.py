@@ -1,8 +1,10 @@
 """Pruning methods as plug-ins, one file each; ``--method NAME[@ALLOCATION]`` picks one.
 
-Adding a method: a file here that scores heads and channels (maths in :mod:`slimllm.importance`)
-and calls :func:`~slimllm.methods.base.register`; its import below makes ``--method``,
-``slimllm bench`` and the help text know it.
+Adding a method: a file here that scores heads and channels (maths in :mod:`slimllm.importance`),
+declares the dataclass of its own options (if any) and calls :func:`~slimllm.methods.base.register`;
+its import below makes ``--method``, its options' flags, ``slimllm bench`` and the help text know it.
+Allocations (``@NAME``) are registered below with their options dataclasses (in
+:mod:`slimllm.allocation`).
 """
 
 from __future__ import annotations
