@@ -38,16 +38,31 @@ from slimllm.registry import Registry
 
 @dataclass(frozen=True)
 class AllocationSpec:
-    """A way to set the layer ratios (``--method NAME@ALLOCATION``) and the dataclass of the
-    options it reads. ``refine``, when set, improves the allocation on the whole dense model
-    before the layer walk (``refine(model, adapter, method, config, allocation, costs,
-    layer0_inputs, device, *, cosines, ratio_base, progress, cores) -> Allocation``); such an
-    allocation needs the model in memory and runs in one process."""
+    """A way to set the layer ratios (``--method NAME@ALLOCATION``): the dataclass of the options
+    it reads and ``build(config, options, adds_bias) -> allocator`` (``allocator(cosines, costs,
+    ratio_base, config) -> Allocation``; an allocator with a ``prepare`` method sees the dense model
+    first). ``refine``, when set, improves the allocation on the whole dense model before the layer
+    walk (``refine(model, adapter, method, config, allocation, costs, layer0_inputs, device, *,
+    cosines, ratio_base, progress, cores) -> Allocation``); such an allocation needs the model in
+    memory and runs in one process."""
 
     name: str
     summary: str
     options: type
+    build: Callable
     refine: Callable | None = None
+
+
+def _eq11(config, options, adds_bias: bool):
+    return eq11_allocator(options, uniform=False, adds_bias=adds_bias)
+
+
+def _uniform(config, options, adds_bias: bool):
+    return eq11_allocator(options, uniform=True, adds_bias=adds_bias)
+
+
+def _flap(config, options, adds_bias: bool):
+    return flap.FlapAllocation(gqa=config.gqa, adds_bias=adds_bias, options=options)
 
 
 def _search(*args, **kwargs):
@@ -58,12 +73,12 @@ def _search(*args, **kwargs):
 
 ALLOCATION_SPECS: Registry[AllocationSpec] = Registry("allocation")
 for _spec in (
-    AllocationSpec("uniform", "one ratio in every layer", UniformOptions),
-    AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", Eq11Options),
+    AllocationSpec("uniform", "one ratio in every layer", UniformOptions, _uniform),
+    AllocationSpec("eq11", "SlimLLM's Eq. 11 ratios from the layers' cosines (alias slimllm)", Eq11Options, _eq11),
     AllocationSpec(
-        "flap", "FLAP's adaptive structure: standardised scores compared across layers", FlapAllocationOptions
+        "flap", "FLAP's adaptive structure: standardised scores compared across layers", FlapAllocationOptions, _flap
     ),
-    AllocationSpec("search", "Eq. 11's counts refined by a KL search", SearchOptions, refine=_search),
+    AllocationSpec("search", "Eq. 11's counts refined by a KL search", SearchOptions, _eq11, refine=_search),
 ):
     ALLOCATION_SPECS.add(_spec)
 ALLOCATIONS = tuple(ALLOCATION_SPECS)
@@ -148,13 +163,9 @@ def build_method(config: PruneConfig) -> Method:
     allocation = "uniform" if config.uniform else (allocation or spec.default_allocation)
     options, allocation_options = resolve_options(config, spec, allocation)
     criteria = spec.build(config, options)
-    prepares = [criteria.prepare] if criteria.prepare is not None else []
-    adds_bias = criteria.recovery.adds_bias
-    if allocation == "flap":
-        allocator = flap.FlapAllocation(gqa=config.gqa, adds_bias=adds_bias, options=allocation_options)
-        prepares.append(allocator.prepare)
-    else:
-        allocator = eq11_allocator(allocation_options, uniform=allocation == "uniform", adds_bias=adds_bias)
+    allocation_spec = ALLOCATION_SPECS[allocation]
+    allocator = allocation_spec.build(config, allocation_options, criteria.recovery.adds_bias)
+    prepares = [hook for hook in (criteria.prepare, getattr(allocator, "prepare", None)) if hook is not None]
     return Method(
         name=config.method,
         heads=criteria.heads,
@@ -163,9 +174,9 @@ def build_method(config: PruneConfig) -> Method:
         allocation=allocation,
         allocator=allocator,
         prepare=_chain(prepares),
-        refine=ALLOCATION_SPECS[allocation].refine,
+        refine=allocation_spec.refine,
         # a refining allocation keeps candidate layers and runs the head on every trial
-        whole_model=spec.whole_model or ALLOCATION_SPECS[allocation].refine is not None,
+        whole_model=spec.whole_model or allocation_spec.refine is not None,
         options=options,
         allocation_options=allocation_options,
     )
