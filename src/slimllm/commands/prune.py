@@ -15,7 +15,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     from slimllm.methods import REGISTRY, allocation_help, method_help, option_names, option_readers, recovery_help
     from slimllm.options import add_dataclass_arguments
 
-    readers = " and ".join(name for name, spec in REGISTRY.items() if "recovery" in option_names(spec.options))
+    recovery_readers = " and ".join(name for name, spec in REGISTRY.items() if "recovery" in option_names(spec.options))
     p = subparsers.add_parser(
         "prune",
         help="prune a model with SlimLLM and save it",
@@ -23,7 +23,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         f"{', '.join(BUILTIN_MODELS)}) and save it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=f"methods: {method_help()}. NAME@ALLOCATION overrides the layer ratios the method was published "
-        f"with: {allocation_help()}. recoveries (--recovery, for {readers}): {recovery_help()}. An option "
+        f"with: {allocation_help()}. recoveries (--recovery, for {recovery_readers}): {recovery_help()}. An option "
         "that the chosen method and allocation do not read is refused.",
     )
     p.add_argument("model", help=f"hub id, local folder, .gguf file, or a built-in name: {', '.join(BUILTIN_MODELS)}")
@@ -38,14 +38,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     add_dataclass_arguments(p, PruneConfig, skip=("options",))
     plug_in = plug_in_options_class()
-    readers = {
+    plug_in_metadata = {
         item.name: {
             "group": _PLUG_IN_GROUP_TITLE,
             "help": f"{item.metadata['help']}; read by {option_readers(item.name)}",
         }
         for item in fields(plug_in)
     }
-    add_dataclass_arguments(p, plug_in, metadata=readers)
+    add_dataclass_arguments(p, plug_in, metadata=plug_in_metadata)
     p.add_argument(
         "--in-memory",
         action="store_true",
