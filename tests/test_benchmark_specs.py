@@ -57,3 +57,21 @@ def test_every_benchmark_script_is_in_the_index_of_entry_points():
     ]
     assert scripts
     assert [script for script in scripts if f"`{script}`" not in index and f"@{script}`" not in index] == []
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[path.stem for path in SPECS])
+def test_a_spec_reproduces_its_committed_cells(path, monkeypatch):
+    """Every cell the spec asks for is committed, pruned with the settings the spec gives it now: a
+    rerun of the spec would measure nothing again (what the results say is what the spec runs)."""
+    import json
+
+    from slimllm.bench.runner import _recorded_config, prune_config
+    from slimllm.methods import without_default_options
+
+    monkeypatch.chdir(ROOT)
+    spec = spec_from_args(build_parser().parse_args(["bench", f"@{path.relative_to(ROOT)}"]))
+    for cell in spec.cells():
+        record = json.loads((ROOT / spec.out / "cells" / f"{cell.key}.json").read_text())
+        assert record["status"] == "done", cell.key
+        if cell.kind != "dense":
+            assert _recorded_config(record) == without_default_options(prune_config(spec, cell)), cell.key
