@@ -61,7 +61,9 @@ def main(folder: Path) -> None:
                 ppl = rows[name]["ppl"]
                 ratio = f"{ppl / dense256:.2f}×" if dense256 else "–"
                 cost = rows.get(prune or "", {})
-                timing = f"{cost['wall_s']:.0f} s | {cost['peak_rss_gib']:.2f} GiB" if cost else "– | –"
+                timing = f"{cost['wall_s']:.0f} s | {cost['peak_rss_gib']:.2f} GiB" if "wall_s" in cost else "– | –"
+                if cost.get("resumed"):
+                    timing = "resumed | –"
                 lines.append(f"| {label} | {ppl:.2f} | {ratio} | {timing} |")
     if "processes-1" in rows and "processes-2" in rows:
         lines += [
