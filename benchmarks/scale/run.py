@@ -13,6 +13,8 @@ Rows (each a fresh process; results in ``--out``/NAME.json, rows already there a
 - ``qwen-RR-best``, ``qwen-RR-flap`` (RR = 20, 30): ``--preset best`` and ``--method flap``, out of
   core; ``ppl256-dense``, ``ppl256-RR-MODE``: perplexity over the first 256 windows of the dense model
   and of each ``qwen-RR-MODE`` folder (``MODE`` = ``out-of-core`` for the default prune).
+- ``tasks-dense``, ``tasks-RR-MODE``: zero-shot ARC-e, PIQA and HellaSwag on ``--task-documents``
+  seeded documents each (the same documents for every model), in bfloat16 (``slimllm eval``).
 - ``processes-1``, ``processes-2``: SmolLM2-135M at 20%, one process with 2 threads against
   ``torchrun --nproc-per-node 2`` with one thread each, on 128 calibration windows: the seconds of
   the dense cosine pass and of the pruning walk from the report, and whether the plans agree.
@@ -38,6 +40,7 @@ import time
 from pathlib import Path
 
 QWEN = "qwen2.5-coder-1.5b"
+TASKS = "arc_easy,piqa,hellaswag"
 
 
 def measured(command: list[str], log: Path, environment: dict | None = None) -> dict:
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", default="all")
     parser.add_argument("--ppl-windows", type=int, default=32)
+    parser.add_argument("--task-documents", type=int, default=200, help="seeded documents per zero-shot task")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -178,6 +182,41 @@ def main() -> None:
             if ratio == "20" and mode == "out-of-core":
                 row("ppl256-dense", perplexity(QWEN, 256))
             row(f"ppl256-{ratio}-{mode}", perplexity(str(work / f"qwen-{ratio}-{mode}"), 256))
+
+    # Zero-shot accuracy where a 1.5B model is well above chance (issue 26): ARC-e, PIQA and HellaSwag on
+    # the same seeded 200 documents each for every model, in bfloat16 (the model's own training dtype;
+    # this CPU's bfloat16 matrix products run 2.5x float32's, which makes seven models fit).
+    def zero_shot(model: str):
+        def compute(log: Path) -> dict:
+            report = log.with_suffix(".json")
+            arguments = ["eval", model, "--ppl", "none", "--tasks", TASKS, "--task-limit", str(args.task_documents)]
+            arguments += ["--seed", "0", "--dtype", "bfloat16"]
+            result = measured(slimllm_command(*arguments, "--json", str(report)), log)
+            tasks = json.loads(report.read_text())["models"][0]["zero_shot"]["tasks"]
+            keep = ("headline_metric", "headline", "headline_stderr", "documents", "majority", "correct", "wall_s")
+            tasks = {name: {key: task[key] for key in keep} for name, task in tasks.items()}
+            return {**result, "command": shlex.join(["slimllm", *arguments]), "tasks": tasks}
+
+        return compute
+
+    def pruned_folder(ratio: str, mode: str) -> Path:
+        """The folder of ``qwen-RR-MODE``, pruned again with the recorded command where a run on another
+        machine (or an emptied work folder) left only its row; the prune is deterministic."""
+        folder = work / f"qwen-{ratio}-{mode}"
+        recorded = out / f"qwen-{ratio}-{mode}.json"
+        if not (folder / "slimllm_report.json").is_file() and recorded.is_file():
+            arguments = shlex.split(json.loads(recorded.read_text())["command"])[1:]
+            arguments = [a for a in arguments if a != "--resume"]
+            arguments[arguments.index("--output") + 1] = str(folder)
+            with (out / "logs" / f"qwen-{ratio}-{mode}-again.log").open("a") as log:
+                subprocess.run(slimllm_command(*arguments), check=True, stdout=log, stderr=subprocess.STDOUT)
+        return folder
+
+    row("tasks-dense", zero_shot(QWEN))
+    for ratio in ("20", "30"):
+        for mode in variants:
+            if args.rows == "all" or f"tasks-{ratio}-{mode}" in args.rows.split(","):
+                row(f"tasks-{ratio}-{mode}", zero_shot(str(pruned_folder(ratio, mode))))
 
     def processes(count: int):
         def compute(log: Path) -> dict:
