@@ -193,7 +193,16 @@ def main() -> None:
             arguments += ["--seed", "0", "--dtype", "bfloat16"]
             result = measured(slimllm_command(*arguments, "--json", str(report)), log)
             tasks = json.loads(report.read_text())["models"][0]["zero_shot"]["tasks"]
-            keep = ("headline_metric", "headline", "headline_stderr", "documents", "majority", "correct", "wall_s")
+            keep = (
+                "headline_metric",
+                "headline",
+                "headline_stderr",
+                "documents",
+                "doc_ids",
+                "majority",
+                "correct",
+                "wall_s",
+            )
             tasks = {name: {key: task[key] for key in keep} for name, task in tasks.items()}
             return {**result, "command": shlex.join(["slimllm", *arguments]), "tasks": tasks}
 

@@ -9,6 +9,37 @@ import json
 import sys
 from pathlib import Path
 
+TASK_NAMES = {"arc_easy": "ARC-e", "piqa": "PIQA", "hellaswag": "HellaSwag"}
+
+
+def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
+    """Accuracy per task with its standard error, the mean, and the majority answer's score on the
+    same documents (every row is checked to have been scored on the first row's documents)."""
+    first = models[0][1]["tasks"]
+    tasks = list(first)
+    for label, row in models:
+        if any(row["tasks"][t]["doc_ids"] != first[t]["doc_ids"] for t in tasks):
+            raise SystemExit(f"{label}: scored on other documents than {models[0][0]}")
+    documents = "/".join(sorted({str(first[t]["documents"]) for t in tasks}))
+    header = " | ".join(f"{TASK_NAMES.get(t, t)} ({first[t]['headline_metric']})" for t in tasks)
+    lines = [
+        "",
+        f"Zero-shot accuracy (%, ± standard error) on the same seeded {documents} documents per task, bfloat16:",
+    ]
+    lines += ["", f"| model | {header} | mean | wall |", "|---" * (len(tasks) + 3) + "|"]
+    chance = [100 * first[t]["majority"]["rate"] for t in tasks]
+    lines.append(
+        "| majority answer | " + " | ".join(f"{c:.1f}" for c in chance) + f" | {sum(chance) / len(chance):.1f} | – |"
+    )
+    for label, row in models:
+        results = row["tasks"]
+        cells = " | ".join(
+            f"{100 * results[t]['headline']:.1f} ± {100 * results[t]['headline_stderr']:.1f}" for t in tasks
+        )
+        mean = 100 * sum(results[t]["headline"] for t in tasks) / len(tasks)
+        lines.append(f"| {label} | {cells} | {mean:.1f} | {row['wall_s']:.0f} s |")
+    return lines
+
 
 def main(folder: Path) -> None:
     rows = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
@@ -65,6 +96,13 @@ def main(folder: Path) -> None:
                 if cost.get("resumed"):
                     timing = "resumed | –"
                 lines.append(f"| {label} | {ppl:.2f} | {ratio} | {timing} |")
+    zero_shot = [("tasks-dense", "dense")]
+    zero_shot += [
+        (f"tasks-{r}-{mode}", f"{label}, {r}% of the decoder") for r in ("20", "30") for mode, label in labels.items()
+    ]
+    zero_shot = [(name, label) for name, label in zero_shot if name in rows]
+    if zero_shot:
+        lines += zero_shot_table([(label, rows[name]) for name, label in zero_shot])
     if "processes-1" in rows and "processes-2" in rows:
         lines += [
             "",
