@@ -6,15 +6,31 @@ python benchmarks/scale/summarize.py benchmarks/results/scale
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
 TASK_NAMES = {"arc_easy": "ARC-e", "piqa": "PIQA", "hellaswag": "HellaSwag"}
 
 
+def paired_difference(model: dict, reference: dict, tasks: list[str]) -> tuple[float, float]:
+    """The mean over tasks of model − reference accuracy, with its standard error from the
+    per-document differences (both scored on the same documents, so the pairing removes the
+    documents' own difficulty from the error)."""
+    means, variances = [], []
+    for task in tasks:
+        ours, theirs = model[task]["correct"], reference[task]["correct"]
+        differences = [int(a) - int(b) for a, b in zip(ours, theirs, strict=True)]
+        means.append(statistics.fmean(differences))
+        variances.append(statistics.variance(differences) / len(differences))
+    return statistics.fmean(means), math.sqrt(sum(variances)) / len(tasks)
+
+
 def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
-    """Accuracy per task with its standard error, the mean, and the majority answer's score on the
-    same documents (every row is checked to have been scored on the first row's documents)."""
+    """Accuracy per task with its standard error, the mean, its difference to the first row (dense)
+    with the paired standard error, and the majority answer's score on the same documents (every
+    row is checked to have been scored on the first row's documents)."""
     first = models[0][1]["tasks"]
     tasks = list(first)
     for label, row in models:
@@ -22,22 +38,21 @@ def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
             raise SystemExit(f"{label}: scored on other documents than {models[0][0]}")
     documents = "/".join(sorted({str(first[t]["documents"]) for t in tasks}))
     header = " | ".join(f"{TASK_NAMES.get(t, t)} ({first[t]['headline_metric']})" for t in tasks)
-    lines = [
-        "",
-        f"Zero-shot accuracy (%, ± standard error) on the same seeded {documents} documents per task, bfloat16:",
-    ]
-    lines += ["", f"| model | {header} | mean | wall |", "|---" * (len(tasks) + 3) + "|"]
+    lines = ["", f"Zero-shot accuracy (%, ± standard error) on the same seeded {documents} documents per task, "]
+    lines[-1] += f"bfloat16; the mean's difference to {models[0][0]} with the paired standard error:"
+    lines += ["", f"| model | {header} | mean | − {models[0][0]} | wall |", "|---" * (len(tasks) + 4) + "|"]
     chance = [100 * first[t]["majority"]["rate"] for t in tasks]
-    lines.append(
-        "| majority answer | " + " | ".join(f"{c:.1f}" for c in chance) + f" | {sum(chance) / len(chance):.1f} | – |"
-    )
+    cells = " | ".join(f"{c:.1f}" for c in chance)
+    lines.append(f"| majority answer | {cells} | {statistics.fmean(chance):.1f} | – | – |")
     for label, row in models:
         results = row["tasks"]
         cells = " | ".join(
             f"{100 * results[t]['headline']:.1f} ± {100 * results[t]['headline_stderr']:.1f}" for t in tasks
         )
-        mean = 100 * sum(results[t]["headline"] for t in tasks) / len(tasks)
-        lines.append(f"| {label} | {cells} | {mean:.1f} | {row['wall_s']:.0f} s |")
+        mean = 100 * statistics.fmean(results[t]["headline"] for t in tasks)
+        difference, error = paired_difference(results, first, tasks)
+        change = "–" if row is models[0][1] else f"{100 * difference:+.1f} ± {100 * error:.1f}"
+        lines.append(f"| {label} | {cells} | {mean:.1f} | {change} | {row['wall_s']:.0f} s |")
     return lines
 
 
