@@ -47,12 +47,15 @@ def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
     for label, row in models:
         results = row["tasks"]
         cells = " | ".join(
-            f"{100 * results[t]['headline']:.1f} ± {100 * results[t]['headline_stderr']:.1f}" for t in tasks
+            f"{100 * results[t]['headline']:.1f} ± {100 * results[t]['headline_stderr']:.1f}"
+            + ("†" if results[t]["headline"] <= first[t]["majority"]["rate"] else "")
+            for t in tasks
         )
         mean = 100 * statistics.fmean(results[t]["headline"] for t in tasks)
         difference, error = paired_difference(results, first, tasks)
         change = "–" if row is models[0][1] else f"{100 * difference:+.1f} ± {100 * error:.1f}"
         lines.append(f"| {label} | {cells} | {mean:.1f} | {change} | {row['wall_s']:.0f} s |")
+    lines += ["", "†: no better than always giving the task's most frequent answer on the same documents."]
     return lines
 
 
