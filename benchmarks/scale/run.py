@@ -14,7 +14,8 @@ Rows (each a fresh process; results in ``--out``/NAME.json, rows already there a
   core; ``ppl256-dense``, ``ppl256-RR-MODE``: perplexity over the first 256 windows of the dense model
   and of each ``qwen-RR-MODE`` folder (``MODE`` = ``out-of-core`` for the default prune).
 - ``tasks-dense``, ``tasks-RR-MODE``: zero-shot ARC-e, PIQA and HellaSwag on ``--task-documents``
-  seeded documents each (the same documents for every model), in bfloat16 (``slimllm eval``).
+  seeded documents each (the same documents for every model), in bfloat16 (``slimllm eval``);
+  ``tasks-dense-piqa-float32``: the dense model's PIQA documents again in float32.
 - ``processes-1``, ``processes-2``: SmolLM2-135M at 20%, one process with 2 threads against
   ``torchrun --nproc-per-node 2`` with one thread each, on 128 calibration windows: the seconds of
   the dense cosine pass and of the pruning walk from the report, and whether the plans agree.
@@ -186,11 +187,20 @@ def main() -> None:
     # Zero-shot accuracy where a 1.5B model is well above chance (issue 26): ARC-e, PIQA and HellaSwag on
     # the same seeded 200 documents each for every model, in bfloat16 (the model's own training dtype;
     # this CPU's bfloat16 matrix products run 2.5x float32's, which makes seven models fit).
-    def zero_shot(model: str):
+    def zero_shot(model: str, task_names: str = TASKS, dtype: str = "bfloat16"):
         def compute(log: Path) -> dict:
             report = log.with_suffix(".json")
-            arguments = ["eval", model, "--ppl", "none", "--tasks", TASKS, "--task-limit", str(args.task_documents)]
-            arguments += ["--seed", "0", "--dtype", "bfloat16"]
+            arguments = [
+                "eval",
+                model,
+                "--ppl",
+                "none",
+                "--tasks",
+                task_names,
+                "--task-limit",
+                str(args.task_documents),
+            ]
+            arguments += ["--seed", "0", "--dtype", dtype]
             result = measured(slimllm_command(*arguments, "--json", str(report)), log)
             tasks = json.loads(report.read_text())["models"][0]["zero_shot"]["tasks"]
             keep = (
@@ -222,6 +232,8 @@ def main() -> None:
         return folder
 
     row("tasks-dense", zero_shot(QWEN))
+    # What bfloat16 does to the scores: the dense model on PIQA's documents again in float32.
+    row("tasks-dense-piqa-float32", zero_shot(QWEN, "piqa", "float32"))
     for ratio in ("20", "30"):
         for mode in variants:
             if args.rows == "all" or f"tasks-{ratio}-{mode}" in args.rows.split(","):
