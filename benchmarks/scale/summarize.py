@@ -121,6 +121,11 @@ def main(folder: Path) -> None:
     zero_shot = [(name, label) for name, label in zero_shot if name in rows]
     if zero_shot:
         lines += zero_shot_table([(label, rows[name]) for name, label in zero_shot])
+    if "tasks-dense" in rows and "tasks-dense-piqa-float32" in rows:
+        wide, narrow = rows["tasks-dense-piqa-float32"]["tasks"]["piqa"], rows["tasks-dense"]["tasks"]["piqa"]
+        differ = sum(a != b for a, b in zip(wide["correct"], narrow["correct"], strict=True))
+        lines += ["", f"The dense model's PIQA documents in float32: {100 * wide['headline']:.1f} against "]
+        lines[-1] += f"{100 * narrow['headline']:.1f} in bfloat16; {differ} of {wide['documents']} scored otherwise."
     if "processes-1" in rows and "processes-2" in rows:
         lines += [
             "",
