@@ -15,7 +15,8 @@ Rows (each a fresh process; results in ``--out``/NAME.json, rows already there a
   and of each ``qwen-RR-MODE`` folder (``MODE`` = ``out-of-core`` for the default prune).
 - ``tasks-dense``, ``tasks-RR-MODE``: zero-shot ARC-e, PIQA and HellaSwag on ``--task-documents``
   seeded documents each (the same documents for every model), in bfloat16 (``slimllm eval``);
-  ``tasks-dense-piqa-float32``: the dense model's PIQA documents again in float32.
+  ``tasks-dense-piqa-float32``: the dense model's PIQA documents again in float32; ``allocations``:
+  the query heads and FFN channels each pruned model in the work folder keeps per layer.
 - ``processes-1``, ``processes-2``: SmolLM2-135M at 20%, one process with 2 threads against
   ``torchrun --nproc-per-node 2`` with one thread each, on 128 calibration windows: the seconds of
   the dense cosine pass and of the pruning walk from the report, and whether the plans agree.
@@ -238,6 +239,23 @@ def main() -> None:
         for mode in variants:
             if args.rows == "all" or f"tasks-{ratio}-{mode}" in args.rows.split(","):
                 row(f"tasks-{ratio}-{mode}", zero_shot(str(pruned_folder(ratio, mode))))
+
+    def allocations(log: Path) -> dict:
+        """Query heads and FFN channels each pruned model keeps per layer, from its plan."""
+        kept = {}
+        for ratio in ("20", "30"):
+            for mode in variants:
+                plan = work / f"qwen-{ratio}-{mode}" / "slimllm_plan.json"
+                if plan.is_file():
+                    layers = json.loads(plan.read_text())["layers"]
+                    heads = [len(layer["kept_heads"]) for layer in layers]
+                    kept[f"{ratio}-{mode}"] = {
+                        "heads": heads,
+                        "channels": [len(lay["kept_channels"]) for lay in layers],
+                    }
+        return {"kept": kept}
+
+    row("allocations", allocations)
 
     def processes(count: int):
         def compute(log: Path) -> dict:

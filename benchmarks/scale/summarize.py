@@ -126,6 +126,16 @@ def main(folder: Path) -> None:
         differ = sum(a != b for a, b in zip(wide["correct"], narrow["correct"], strict=True))
         lines += ["", f"The dense model's PIQA documents in float32: {100 * wide['headline']:.1f} against "]
         lines[-1] += f"{100 * narrow['headline']:.1f} in bfloat16; {differ} of {wide['documents']} scored otherwise."
+    if "allocations" in rows:
+        lines += [
+            "",
+            "What each pruned model keeps per layer, layers 0-27 (query heads of 12; FFN channels in % of 8,960):",
+            "",
+        ]
+        for name, kept in rows["allocations"]["kept"].items():
+            ratio, mode = name.split("-", 1)
+            channels = " ".join(f"{100 * c / 8960:.0f}" for c in kept["channels"])
+            lines += [f"- {labels[mode]}, {ratio}%: heads {' '.join(map(str, kept['heads']))}; channels {channels}"]
     if "processes-1" in rows and "processes-2" in rows:
         lines += [
             "",
