@@ -191,16 +191,8 @@ def main() -> None:
     def zero_shot(model: str, task_names: str = TASKS, dtype: str = "bfloat16"):
         def compute(log: Path) -> dict:
             report = log.with_suffix(".json")
-            arguments = [
-                "eval",
-                model,
-                "--ppl",
-                "none",
-                "--tasks",
-                task_names,
-                "--task-limit",
-                str(args.task_documents),
-            ]
+            arguments = ["eval", model, "--ppl", "none", "--tasks", task_names]
+            arguments += ["--task-limit", str(args.task_documents)]
             arguments += ["--seed", "0", "--dtype", dtype]
             result = measured(slimllm_command(*arguments, "--json", str(report)), log)
             tasks = json.loads(report.read_text())["models"][0]["zero_shot"]["tasks"]
@@ -249,10 +241,8 @@ def main() -> None:
                 if plan.is_file():
                     layers = json.loads(plan.read_text())["layers"]
                     heads = [len(layer["kept_heads"]) for layer in layers]
-                    kept[f"{ratio}-{mode}"] = {
-                        "heads": heads,
-                        "channels": [len(lay["kept_channels"]) for lay in layers],
-                    }
+                    channels = [len(layer["kept_channels"]) for layer in layers]
+                    kept[f"{ratio}-{mode}"] = {"heads": heads, "channels": channels}
         return {"kept": kept}
 
     row("allocations", allocations)
