@@ -187,7 +187,7 @@ def main() -> None:
 
     # Zero-shot accuracy where a 1.5B model is well above chance (issue 26): ARC-e, PIQA and HellaSwag on
     # the same seeded 200 documents each for every model, in bfloat16 (the model's own training dtype;
-    # this CPU's bfloat16 matrix products run 2.5x float32's, which makes seven models fit).
+    # on this CPU float32 takes 2.5x as long, see tasks-dense-piqa-float32, and seven models would not fit).
     def zero_shot(model: str, task_names: str = TASKS, dtype: str = "bfloat16"):
         def compute(log: Path) -> dict:
             report = log.with_suffix(".json")
