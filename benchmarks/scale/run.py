@@ -188,10 +188,12 @@ def main() -> None:
     # Zero-shot accuracy where a 1.5B model is well above chance (issue 26): ARC-e, PIQA and HellaSwag on
     # the same seeded 200 documents each for every model, in bfloat16 (the model's own training dtype;
     # on this CPU float32 takes 2.5x as long, see tasks-dense-piqa-float32, and seven models would not fit).
-    def zero_shot(model: str, task_names: str = TASKS, dtype: str = "bfloat16"):
+    def zero_shot(model, task_names: str = TASKS, dtype: str = "bfloat16"):
+        """``model``: a name, or a callable giving the folder (called only when the row is computed)."""
+
         def compute(log: Path) -> dict:
             report = log.with_suffix(".json")
-            arguments = ["eval", model, "--ppl", "none", "--tasks", task_names]
+            arguments = ["eval", str(model() if callable(model) else model), "--ppl", "none", "--tasks", task_names]
             arguments += ["--task-limit", str(args.task_documents)]
             arguments += ["--seed", "0", "--dtype", dtype]
             result = measured(slimllm_command(*arguments, "--json", str(report)), log)
@@ -229,8 +231,7 @@ def main() -> None:
     row("tasks-dense-piqa-float32", zero_shot(QWEN, "piqa", "float32"))
     for ratio in ("20", "30"):
         for mode in variants:
-            if args.rows == "all" or f"tasks-{ratio}-{mode}" in args.rows.split(","):
-                row(f"tasks-{ratio}-{mode}", zero_shot(str(pruned_folder(ratio, mode))))
+            row(f"tasks-{ratio}-{mode}", zero_shot(lambda ratio=ratio, mode=mode: pruned_folder(ratio, mode)))
 
     def allocations(log: Path) -> dict:
         """Query heads and FFN channels each pruned model keeps per layer, from its plan."""

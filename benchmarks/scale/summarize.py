@@ -6,25 +6,12 @@ python benchmarks/scale/summarize.py benchmarks/results/scale
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
-TASK_NAMES = {"arc_easy": "ARC-e", "piqa": "PIQA", "hellaswag": "HellaSwag"}
-
-
-def paired_difference(model: dict, reference: dict, tasks: list[str]) -> tuple[float, float]:
-    """The mean over tasks of model − reference accuracy, with its standard error from the
-    per-document differences (both scored on the same documents, so the pairing removes the
-    documents' own difficulty from the error)."""
-    means, variances = [], []
-    for task in tasks:
-        ours, theirs = model[task]["correct"], reference[task]["correct"]
-        differences = [int(a) - int(b) for a, b in zip(ours, theirs, strict=True)]
-        means.append(statistics.fmean(differences))
-        variances.append(statistics.variance(differences) / len(differences))
-    return statistics.fmean(means), math.sqrt(sum(variances)) / len(tasks)
+from slimllm.eval.task_table import task_label
+from slimllm.eval.uncertainty import paired_difference
 
 
 def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
@@ -37,7 +24,7 @@ def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
         if any(row["tasks"][t]["doc_ids"] != first[t]["doc_ids"] for t in tasks):
             raise SystemExit(f"{label}: scored on other documents than {models[0][0]}")
     documents = "/".join(sorted({str(first[t]["documents"]) for t in tasks}))
-    header = " | ".join(f"{TASK_NAMES.get(t, t)} ({first[t]['headline_metric']})" for t in tasks)
+    header = " | ".join(f"{task_label(t)} ({first[t]['headline_metric']})" for t in tasks)
     lines = ["", f"Zero-shot accuracy (%, ± standard error) on the same seeded {documents} documents per task, "]
     lines[-1] += f"bfloat16; the mean's difference to {models[0][0]} with the paired standard error:"
     lines += ["", f"| model | {header} | mean | − {models[0][0]} | wall |", "|---" * (len(tasks) + 4) + "|"]
@@ -52,8 +39,8 @@ def zero_shot_table(models: list[tuple[str, dict]]) -> list[str]:
             for t in tasks
         )
         mean = 100 * statistics.fmean(results[t]["headline"] for t in tasks)
-        difference, error = paired_difference(results, first, tasks)
-        change = "–" if row is models[0][1] else f"{100 * difference:+.1f} ± {100 * error:.1f}"
+        paired = paired_difference(results, first)
+        change = "–" if row is models[0][1] else f"{100 * paired['difference']:+.1f} ± {100 * paired['stderr']:.1f}"
         lines.append(f"| {label} | {cells} | {mean:.1f} | {change} | {row['wall_s']:.0f} s |")
     lines += ["", "†: no better than always giving the task's most frequent answer on the same documents."]
     return lines
