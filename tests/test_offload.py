@@ -211,6 +211,10 @@ def test_an_interrupted_prune_resumes_to_the_uninterrupted_result(recovery, tmp_
     slimllm.save(resumed, tokenizer, resumed_plan, tmp_path / "resumed")
     _assert_same_model(tmp_path / "whole", tmp_path / "resumed")
     assert resumed_plan.to_json()["layers"] == whole_plan.to_json()["layers"]
+    # the report says its phase seconds cover the resumed part only; the layer rows keep every layer's
+    assert resumed_plan.report["resumed"] == {"layers_from_work_folder": 2, "cosines_from_work_folder": True}
+    assert "resumed" not in whole_plan.report
+    assert [row["layer"] for row in resumed_plan.report["layers"]] == [0, 1, 2, 3]
 
 
 def test_resuming_a_different_command_is_a_clear_error(tmp_path):
