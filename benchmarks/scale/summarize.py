@@ -98,8 +98,15 @@ def main(folder: Path) -> None:
                 ratio = f"{ppl / dense256:.2f}×" if dense256 else "–"
                 cost = rows.get(prune or "", {})
                 timing = f"{cost['wall_s']:.0f} s | {cost['peak_rss_gib']:.2f} GiB" if "wall_s" in cost else "– | –"
-                if cost.get("resumed"):
-                    timing = "resumed | –"
+                if cost.get("resumed"):  # killed and resumed: the layers' own seconds add up, the wall does not
+                    layers = f"{sum(cost['layer_seconds']):,.0f} s of layers" if "layer_seconds" in cost else "–"
+                    part = cost.get("resumed_part")
+                    rss = (
+                        f"{part['peak_rss_gib']:.2f} GiB (layers {part['layers'][0]}-{part['layers'][1]})"
+                        if part
+                        else "–"
+                    )
+                    timing = f"resumed; {layers} | {rss}"
                 lines.append(f"| {label} | {ppl:.2f} | {ratio} | {timing} |")
     zero_shot = [("tasks-dense", "dense")]
     zero_shot += [
