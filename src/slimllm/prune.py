@@ -211,7 +211,7 @@ def prune(
     plan.report = _report(
         config, calib_info, dense_params, count_parameters(slim), ratio_base, allocation, layer_rows,
         prune_layer, (cores, pruning_cores), timer.seconds, device,
-        (finished, cosines_restored),
+        {"layers_from_work_folder": finished, "cosines_from_work_folder": cosines_restored},
     )  # fmt: skip
     return slim, plan
 
@@ -308,12 +308,11 @@ def _report(
     cores: tuple[CoreShare, CoreShare],
     seconds: dict,
     device: torch.device,
-    restored: tuple[int, bool],
+    restored: dict,
 ) -> dict:
     """What ``slimllm_report.json`` holds: settings, calibration, versions, realised parameter
     counts, the allocation, per-layer rows, kept activations, threads, timings (and GPU memory).
-    ``restored``: how many finished layers, and whether the dense cosines, a resumed run took from
-    its work folder."""
+    ``restored``: what a resumed run took from its work folder (finished layers, the dense cosines)."""
     cosine_cores, pruning_cores = cores
     recovery = pruner.method.recovery
     layer_targets = recovery.dense_targets and not recovery.dense_inputs  # ridge-layer
@@ -359,11 +358,10 @@ def _report(
         },
         "seconds": seconds,
     }
-    if any(restored):
+    if any(restored.values()):
         # A resumed run's phase seconds are this process's only; each layer's row keeps the seconds
         # of the run that pruned it, so the rows add up to the whole walk.
-        layers_restored, cosines_restored = restored
-        report["resumed"] = {"layers_from_work_folder": layers_restored, "cosines_from_work_folder": cosines_restored}
+        report["resumed"] = restored
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         report["device_memory"] = {"device": str(device), "peak_allocated_bytes": peak}
